@@ -1,0 +1,1 @@
+//! Simulation and fault scenarios (later issues) and the workspace's structural checks (`tests/tidy.rs`).

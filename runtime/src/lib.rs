@@ -1,0 +1,10 @@
+//! lathe's shared vocabulary: every type that the coordinator and the worker must agree on.
+//! No math and no I/O beyond parsing lives here.
+
+pub mod error;
+pub mod lora;
+pub mod model_config;
+
+pub use error::ConfigError;
+pub use lora::LoraConfig;
+pub use model_config::{Family, ModelConfig, MoeConfig, RopeScaling};
