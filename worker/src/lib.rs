@@ -1,3 +1,6 @@
 //! One device, one shard: model families, loaders (safetensors, GGUF), LoRA, losses, the
 //! optimizer and the sampler. Driven only by calls from its owner; never reads a clock or an
 //! unseeded random source.
+
+pub mod adapter;
+pub mod tensor;

@@ -1,0 +1,112 @@
+//! LoRA adapter state: which modules carry an adapter ("sites"), and the per-site A/B pairs used
+//! for parameters, gradients and both Adam moments alike.
+//!
+//! A site is named by its HF module path (`model.layers.3.self_attn.q_proj`, `lm_head`); its PEFT
+//! key is `base_model.model.<path>.lora_{A,B}.weight`. `A` is `(rank, d_in)`, `B` is `(d_out, rank)`,
+//! the layer computes `y = x·Wᵀ + (alpha/rank)·(x·Aᵀ)·Bᵀ`.
+
+use std::collections::BTreeMap;
+
+use runtime::{LoraConfig, ModelConfig};
+
+/// One adapted module's geometry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoraSite {
+    /// HF module path, e.g. `model.layers.0.mlp.down_proj`.
+    pub path: String,
+    pub d_in: usize,
+    pub d_out: usize,
+}
+
+/// The projections of one decoder layer that LoRA may adapt, in forward order.
+pub const ATTN_PROJ: [&str; 4] = ["q_proj", "k_proj", "v_proj", "o_proj"];
+pub const MLP_PROJ: [&str; 3] = ["gate_proj", "up_proj", "down_proj"];
+
+/// Every site a dense model (llama, qwen2, qwen3) adapts under `lora`, in a canonical order:
+/// layer by layer, attention then MLP, then `lm_head`.
+pub fn lora_sites(config: &ModelConfig, lora: &LoraConfig) -> Vec<LoraSite> {
+    let h = config.hidden_size;
+    let q = config.num_attention_heads * config.head_dim;
+    let kv = config.num_key_value_heads * config.head_dim;
+    let i = config.intermediate_size;
+    let mut sites = Vec::new();
+    for layer in 0..config.num_hidden_layers {
+        if lora.train_attn {
+            for (name, d_in, d_out) in [("q_proj", h, q), ("k_proj", h, kv), ("v_proj", h, kv), ("o_proj", q, h)] {
+                sites.push(LoraSite { path: format!("model.layers.{layer}.self_attn.{name}"), d_in, d_out });
+            }
+        }
+        if lora.train_mlp {
+            for (name, d_in, d_out) in [("gate_proj", h, i), ("up_proj", h, i), ("down_proj", i, h)] {
+                sites.push(LoraSite { path: format!("model.layers.{layer}.mlp.{name}"), d_in, d_out });
+            }
+        }
+    }
+    if lora.train_unembed {
+        sites.push(LoraSite { path: "lm_head".into(), d_in: h, d_out: config.vocab_size });
+    }
+    sites
+}
+
+/// The PEFT safetensors keys of a site: `(lora_A key, lora_B key)`.
+pub fn peft_keys(path: &str) -> (String, String) {
+    (format!("base_model.model.{path}.lora_A.weight"), format!("base_model.model.{path}.lora_B.weight"))
+}
+
+/// One site's pair of factors (or their gradients, or an Adam moment of them).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraPair {
+    pub d_in: usize,
+    pub d_out: usize,
+    pub rank: usize,
+    pub a: Vec<f32>, // (rank, d_in)
+    pub b: Vec<f32>, // (d_out, rank)
+}
+
+impl LoraPair {
+    pub fn zeros(d_in: usize, d_out: usize, rank: usize) -> Self {
+        LoraPair { d_in, d_out, rank, a: vec![0.0; rank * d_in], b: vec![0.0; d_out * rank] }
+    }
+}
+
+/// A full set of pairs keyed by site path. Used for parameters, gradients and Adam moments, so
+/// that every elementwise pass walks them in the same (sorted) order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LoraWeights {
+    pub sites: BTreeMap<String, LoraPair>,
+}
+
+impl LoraWeights {
+    /// All-zero pairs for `sites` at `rank`.
+    pub fn zeros(sites: &[LoraSite], rank: usize) -> Self {
+        let sites = sites.iter().map(|s| (s.path.clone(), LoraPair::zeros(s.d_in, s.d_out, rank))).collect();
+        LoraWeights { sites }
+    }
+
+    /// Zeros with the same sites and shapes as `self`.
+    pub fn zeros_like(&self) -> Self {
+        let sites = self.sites.iter().map(|(k, p)| (k.clone(), LoraPair::zeros(p.d_in, p.d_out, p.rank))).collect();
+        LoraWeights { sites }
+    }
+
+    pub fn get(&self, path: &str) -> Option<&LoraPair> {
+        self.sites.get(path)
+    }
+
+    pub fn get_mut(&mut self, path: &str) -> Option<&mut LoraPair> {
+        self.sites.get_mut(path)
+    }
+
+    /// Number of f32 values across all pairs.
+    pub fn numel(&self) -> usize {
+        self.sites.values().map(|p| p.a.len() + p.b.len()).sum()
+    }
+
+    /// Sets every value to zero, keeping shapes.
+    pub fn fill_zero(&mut self) {
+        for p in self.sites.values_mut() {
+            p.a.fill(0.0);
+            p.b.fill(0.0);
+        }
+    }
+}
