@@ -3,4 +3,5 @@
 //! unseeded random source.
 
 pub mod adapter;
+pub mod rng;
 pub mod tensor;
