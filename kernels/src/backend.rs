@@ -218,7 +218,17 @@ pub trait OptimOps {
 
 /// A compute backend: every op family. `Sync` because the model shares one backend across threads.
 pub trait Backend:
-    LinearOps + EmbeddingOps + NormOps + RopeOps + AttentionOps + ActivationOps + VocabOps + LoraOps + OptimOps + Send + Sync
+    LinearOps
+    + EmbeddingOps
+    + NormOps
+    + RopeOps
+    + AttentionOps
+    + ActivationOps
+    + VocabOps
+    + LoraOps
+    + OptimOps
+    + Send
+    + Sync
 {
     /// A short stable name for logs and benchmark lines (`reference`, `cpu`).
     fn name(&self) -> &'static str;

@@ -7,9 +7,14 @@
 #![allow(unsafe_code)]
 
 pub mod backend;
+pub mod real;
+pub mod reference;
 pub mod rope;
+pub mod segments;
 
 pub use backend::{
     ActivationOps, AdamStep, AttentionOps, AttnDims, Backend, EmbeddingOps, LinearOps, LoraDims, LoraOps, MatmulDims,
     NormOps, OptimOps, RopeOps, VocabOps,
 };
+pub use real::Real;
+pub use reference::ReferenceBackend;
