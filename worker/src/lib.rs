@@ -3,5 +3,6 @@
 //! unseeded random source.
 
 pub mod adapter;
+pub mod loss;
 pub mod rng;
 pub mod tensor;
