@@ -57,10 +57,10 @@ mod tests {
         };
         let (mut param, mut m, mut v) = ([1.0f32, -2.0], [0.0f32; 2], [0.0f32; 2]);
         adamw_step(&mut param, &[2.0, 0.0], &mut m, &mut v, s1);
-        assert!((param[0] - 0.890000001).abs() <= 1e-6 * 0.89, "step 1 param {}", param[0]);
+        assert!((f64::from(param[0]) - 0.890_000_001).abs() <= 1e-6 * 0.89, "step 1 param {}", param[0]);
         assert!((m[0] - 0.1).abs() <= 2e-6 * 0.1 && (v[0] - 0.01).abs() <= 2e-6 * 0.01, "step 1 state {m:?} {v:?}");
         adamw_step(&mut param, &[-1.0, 0.0], &mut m, &mut v, AdamStep { step: 2, ..s1 });
-        assert!((param[0] - 0.854_430_058_42).abs() <= 1e-6 * 0.85, "step 2 param {}", param[0]);
+        assert!((f64::from(param[0]) - 0.854_430_058_42).abs() <= 1e-6 * 0.85, "step 2 param {}", param[0]);
         assert!(
             (m[0] - 0.04).abs() <= 2e-6 * 0.04 && (v[0] - 0.0124).abs() <= 2e-6 * 0.0124,
             "step 2 state {m:?} {v:?}"
