@@ -3,6 +3,8 @@
 //! unseeded random source.
 
 pub mod adapter;
+pub mod init;
 pub mod loss;
+pub mod optim;
 pub mod rng;
 pub mod tensor;
