@@ -5,6 +5,9 @@
 pub mod adapter;
 pub mod init;
 pub mod loss;
+pub mod model;
 pub mod optim;
 pub mod rng;
+pub mod sample;
 pub mod tensor;
+pub mod tiny;

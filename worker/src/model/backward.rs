@@ -1,0 +1,270 @@
+//! The backward pass: the forward's op sequence reversed (llm.c style), carrying `d(loss)/d(h)`
+//! through every layer while only the LoRA factors collect gradients (the base is frozen).
+//!
+//! Batch invariance (design §3) rests on two facts kept here: every input-gradient op is
+//! row-invariant, and every weight-gradient reduction is a backend segmented op over
+//! `cu_seqlens`, so a sequence's gradient contribution never depends on its neighbours.
+
+use kernels::{Backend, LoraDims, MatmulDims};
+use runtime::LoraConfig;
+
+use super::acts::{Forward, LayerActs};
+use super::layer::add_assign;
+use super::lora::{check_shapes, LoraView, DOWN, GATE, K, LM_HEAD, O, PROJS, Q, UP, V};
+use super::weights::LayerWeights;
+use super::{Model, ModelError, PackedBatch};
+use crate::adapter::{LoraPair, LoraWeights};
+
+/// Input-gradient scratch shared by every layer of one backward.
+struct Scratch {
+    dres: Vec<f32>,   // (T, H) d(loss)/d(residual stream)
+    dnorm: Vec<f32>,  // (T, H) gradient at a norm's output
+    dtmp: Vec<f32>,   // (T, H) gradient at a norm's input
+    dact: Vec<f32>,   // (T, I)
+    dgate: Vec<f32>,  // (T, I)
+    dup: Vec<f32>,    // (T, I)
+    dattn: Vec<f32>,  // (T, nh·hd)
+    dq: Vec<f32>,     // (T, nh·hd) at attention's q (after RoPE)
+    dq_pre: Vec<f32>, // (T, nh·hd) at q_proj's output (before q_norm); empty without qk-norm
+    dk: Vec<f32>,     // (T, nkv·hd)
+    dk_pre: Vec<f32>, // (T, nkv·hd); empty without qk-norm
+    dv: Vec<f32>,     // (T, nkv·hd)
+}
+
+/// The row segments of the batch, and the same segments scaled to per-head rows.
+struct Segments<'a> {
+    tokens: &'a [usize],
+    q_heads: Vec<usize>,
+    kv_heads: Vec<usize>,
+}
+
+impl<B: Backend> Model<B> {
+    /// `d(loss)/d(logprobs) (T, k)` → accumulates (`+=`) `d(loss)/d(A, B)` into `grads` (the same
+    /// sites as the adapter). `fwd` must be this batch's forward, computed with this adapter.
+    ///
+    /// # Errors
+    /// `ModelError` when `fwd` came from another batch or ran without the adapter, `dlogprobs`
+    /// is not `(T, k)`, or the adapter or `grads` do not fit this model.
+    pub fn backward(
+        &self,
+        fwd: &Forward,
+        batch: &PackedBatch,
+        dlogprobs: &[f32],
+        lora: (&LoraConfig, &LoraWeights),
+        grads: &mut LoraWeights,
+    ) -> Result<(), ModelError> {
+        let t = batch.num_tokens();
+        if fwd.cu_seqlens != batch.cu_seqlens {
+            return Err(ModelError::ForwardMismatch {
+                forward: fwd.cu_seqlens.clone(),
+                batch: batch.cu_seqlens.clone(),
+            });
+        }
+        if !fwd.with_lora {
+            return Err(ModelError::ForwardWithoutLora);
+        }
+        if dlogprobs.len() != t * batch.k {
+            return Err(ModelError::GradientLength { got: dlogprobs.len(), expected: t * batch.k });
+        }
+        let view = self.lora_view(Some(lora))?;
+        check_shapes(&self.config, lora.0, grads, "gradient")?;
+        let d = self.dims;
+        let be = &self.backend;
+        let qk = self.config.family.has_qk_norm();
+        let n = |width: usize| vec![0.0f32; t * width];
+        let seg = Segments {
+            tokens: &batch.cu_seqlens,
+            q_heads: batch.cu_seqlens.iter().map(|&c| c * d.heads).collect(),
+            kv_heads: batch.cu_seqlens.iter().map(|&c| c * d.kv_heads).collect(),
+        };
+
+        // Unembedding and final norm.
+        let mut dlogits = n(d.vocab); // (T, V)
+        let (fin, unembed) = (&fwd.fin, self.weights.unembed());
+        be.logsoftmax_gather_backward(
+            &mut dlogits,
+            dlogprobs,
+            &fwd.logits,
+            &fin.lse,
+            &batch.targets,
+            t,
+            d.vocab,
+            batch.k,
+        );
+        let mut dhf = n(d.hidden); // (T, H)
+        be.matmul_nn(&mut dhf, &dlogits, unembed, MatmulDims { m: t, k: d.hidden, n: d.vocab }, false);
+        self.lora_backward(
+            grads,
+            LM_HEAD,
+            view.lm_head,
+            view.scale,
+            &mut dhf,
+            &dlogits,
+            &fin.hf,
+            &fin.lora_h,
+            seg.tokens,
+        );
+        drop(dlogits);
+        let mut s = Scratch {
+            dres: n(d.hidden),
+            dnorm: dhf,
+            dtmp: n(d.hidden),
+            dact: n(d.intermediate),
+            dgate: n(d.intermediate),
+            dup: n(d.intermediate),
+            dattn: n(d.q_dim),
+            dq: n(d.q_dim),
+            dq_pre: if qk { n(d.q_dim) } else { Vec::new() },
+            dk: n(d.kv_dim),
+            dk_pre: if qk { n(d.kv_dim) } else { Vec::new() },
+            dv: n(d.kv_dim),
+        };
+        be.rmsnorm_backward(
+            &mut s.dres,
+            None,
+            &s.dnorm,
+            &fin.x,
+            &self.weights.norm,
+            &fin.rstd,
+            t,
+            d.hidden,
+            seg.tokens,
+        );
+
+        for l in (0..self.weights.layers.len()).rev() {
+            let (w, acts, pairs) = (&self.weights.layers[l], &fwd.layers[l], &view.layers[l]);
+            self.mlp_backward(l, w, acts, pairs, &view, grads, &mut s, batch, &seg);
+            self.attn_backward(l, w, acts, pairs, &view, grads, &mut s, batch, &seg);
+        }
+        Ok(())
+    }
+
+    /// `out = x_mid + down(silu(gate(m))·up(m))`, `m = norm(x_mid)`: turns `s.dres` = d(out)
+    /// into d(x_mid).
+    fn mlp_backward(
+        &self,
+        l: usize,
+        w: &LayerWeights,
+        acts: &LayerActs,
+        pairs: &[Option<&LoraPair>; PROJS],
+        view: &LoraView<'_>,
+        grads: &mut LoraWeights,
+        s: &mut Scratch,
+        batch: &PackedBatch,
+        seg: &Segments<'_>,
+    ) {
+        let d = self.dims;
+        let (be, t, sc, paths) = (&self.backend, batch.num_tokens(), view.scale, &self.paths.layers[l]);
+        be.matmul_nn(&mut s.dact, &s.dres, &w.down_proj, MatmulDims { m: t, k: d.intermediate, n: d.hidden }, false);
+        let h = &acts.lora_h;
+        self.lora_backward(grads, &paths[DOWN], pairs[DOWN], sc, &mut s.dact, &s.dres, &acts.act, &h[DOWN], seg.tokens);
+        be.swiglu_backward(&mut s.dgate, &mut s.dup, &s.dact, &acts.gate, &acts.up);
+        let dims_in = MatmulDims { m: t, k: d.hidden, n: d.intermediate };
+        be.matmul_nn(&mut s.dnorm, &s.dgate, &w.gate_proj, dims_in, false);
+        self.lora_backward(grads, &paths[GATE], pairs[GATE], sc, &mut s.dnorm, &s.dgate, &acts.m, &h[GATE], seg.tokens);
+        be.matmul_nn(&mut s.dnorm, &s.dup, &w.up_proj, dims_in, true);
+        self.lora_backward(grads, &paths[UP], pairs[UP], sc, &mut s.dnorm, &s.dup, &acts.m, &h[UP], seg.tokens);
+        let ln = &w.post_attention_layernorm;
+        be.rmsnorm_backward(&mut s.dtmp, None, &s.dnorm, &acts.x_mid, ln, &acts.rstd_m, t, d.hidden, seg.tokens);
+        add_assign(&mut s.dres, &s.dtmp);
+    }
+
+    /// `x_mid = x + o(attn(rope(qn(q(a))), rope(kn(k(a))), v(a)))`, `a = norm(x)`: turns
+    /// `s.dres` = d(x_mid) into d(x).
+    fn attn_backward(
+        &self,
+        l: usize,
+        w: &LayerWeights,
+        acts: &LayerActs,
+        pairs: &[Option<&LoraPair>; PROJS],
+        view: &LoraView<'_>,
+        grads: &mut LoraWeights,
+        s: &mut Scratch,
+        batch: &PackedBatch,
+        seg: &Segments<'_>,
+    ) {
+        let d = self.dims;
+        let (be, t, sc, paths) = (&self.backend, batch.num_tokens(), view.scale, &self.paths.layers[l]);
+        let h = &acts.lora_h;
+        be.matmul_nn(&mut s.dattn, &s.dres, &w.o_proj, MatmulDims { m: t, k: d.q_dim, n: d.hidden }, false);
+        self.lora_backward(grads, &paths[O], pairs[O], sc, &mut s.dattn, &s.dres, &acts.attn, &h[O], seg.tokens);
+        let cu = &batch.cu_seqlens;
+        be.attention_backward(
+            &mut s.dq,
+            &mut s.dk,
+            &mut s.dv,
+            &s.dattn,
+            &acts.q,
+            &acts.k,
+            &acts.v,
+            &acts.attn,
+            &acts.lse,
+            cu,
+            cu,
+            self.attn_dims(),
+            self.attn_scale(),
+        );
+        let (cos, sin) = (&self.rope.cos, &self.rope.sin);
+        be.rope_backward(&mut s.dq, &batch.positions, d.heads, d.head_dim, cos, sin);
+        be.rope_backward(&mut s.dk, &batch.positions, d.kv_heads, d.head_dim, cos, sin);
+        let (dq, dk) = match (&w.q_norm, &w.k_norm) {
+            (Some(qn), Some(kn)) => {
+                let (qr, kr) = (t * d.heads, t * d.kv_heads);
+                be.rmsnorm_backward(
+                    &mut s.dq_pre,
+                    None,
+                    &s.dq,
+                    &acts.q_pre,
+                    qn,
+                    &acts.rstd_q,
+                    qr,
+                    d.head_dim,
+                    &seg.q_heads,
+                );
+                be.rmsnorm_backward(
+                    &mut s.dk_pre,
+                    None,
+                    &s.dk,
+                    &acts.k_pre,
+                    kn,
+                    &acts.rstd_k,
+                    kr,
+                    d.head_dim,
+                    &seg.kv_heads,
+                );
+                (&s.dq_pre, &s.dk_pre)
+            }
+            _ => (&s.dq, &s.dk),
+        };
+        be.matmul_nn(&mut s.dnorm, dq, &w.q_proj, MatmulDims { m: t, k: d.hidden, n: d.q_dim }, false);
+        self.lora_backward(grads, &paths[Q], pairs[Q], sc, &mut s.dnorm, dq, &acts.a, &h[Q], seg.tokens);
+        let kv_dims = MatmulDims { m: t, k: d.hidden, n: d.kv_dim };
+        be.matmul_nn(&mut s.dnorm, dk, &w.k_proj, kv_dims, true);
+        self.lora_backward(grads, &paths[K], pairs[K], sc, &mut s.dnorm, dk, &acts.a, &h[K], seg.tokens);
+        be.matmul_nn(&mut s.dnorm, &s.dv, &w.v_proj, kv_dims, true);
+        self.lora_backward(grads, &paths[V], pairs[V], sc, &mut s.dnorm, &s.dv, &acts.a, &h[V], seg.tokens);
+        let ln = &w.input_layernorm;
+        be.rmsnorm_backward(&mut s.dtmp, None, &s.dnorm, &acts.x, ln, &acts.rstd_a, t, d.hidden, seg.tokens);
+        add_assign(&mut s.dres, &s.dtmp);
+    }
+
+    /// One adapted projection's backward: `dx +=` the adapter's input gradient and the site's
+    /// `(dA, dB) +=` its weight gradients, reduced per segment. No-op for an unadapted projection.
+    fn lora_backward(
+        &self,
+        grads: &mut LoraWeights,
+        path: &str,
+        pair: Option<&LoraPair>,
+        scale: f32,
+        dx: &mut [f32],
+        dy: &[f32],
+        x: &[f32],
+        h: &[f32],
+        segments: &[usize],
+    ) {
+        let Some(p) = pair else { return };
+        let g = grads.get_mut(path).expect("gradient sites were checked against the adapter's");
+        let dims = LoraDims { rows: segments[segments.len() - 1], d_in: p.d_in, d_out: p.d_out, rank: p.rank };
+        self.backend.lora_backward(dx, &mut g.a, &mut g.b, dy, x, h, &p.a, &p.b, dims, scale, segments);
+    }
+}

@@ -1,0 +1,156 @@
+//! `Model`: a dense decoder (Llama 3, Qwen2, Qwen3) over one backend — construction with every
+//! weight shape checked, and the training forward over a packed batch (embed → layers → final
+//! norm → unembedding → log-softmax gathered at the targets), saving activations for backward.
+
+use kernels::rope::{Llama3Scaling, RopeTable};
+use kernels::{AttnDims, Backend};
+use runtime::{LoraConfig, ModelConfig, RopeScaling};
+
+use super::acts::{FinalActs, Forward, LayerActs};
+use super::lora::{LoraView, SitePaths};
+use super::weights::{DenseWeights, Dims};
+use super::{ModelError, PackedBatch};
+use crate::adapter::LoraWeights;
+use crate::tensor::WeightMap;
+
+/// A dense decoder model with frozen base weights on backend `B`.
+pub struct Model<B: Backend> {
+    pub(crate) config: ModelConfig,
+    pub(crate) backend: B,
+    pub(crate) weights: DenseWeights,
+    pub(crate) dims: Dims,
+    pub(crate) rope: RopeTable,
+    pub(crate) paths: SitePaths,
+}
+
+impl<B: Backend> Model<B> {
+    /// Builds the model, taking every tensor `config` calls for out of `weights`.
+    ///
+    /// # Errors
+    /// `ModelError::Config` for a config that breaks the model's relations, `ModelError::Weight`
+    /// naming a missing or misshapen tensor, `ModelError::UnsupportedFamily` for MoE configs.
+    pub fn new(config: ModelConfig, mut weights: WeightMap, backend: B) -> Result<Self, ModelError> {
+        config.validate()?;
+        let dense = DenseWeights::take(&config, &mut weights)?;
+        let scaling = config.rope_scaling.map(|s| match s {
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+                Llama3Scaling { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }
+            }
+        });
+        let rope = RopeTable::new(config.head_dim, config.rope_theta, scaling, config.max_position_embeddings);
+        let paths = SitePaths::new(config.num_hidden_layers);
+        let dims = Dims::new(&config);
+        Ok(Model { config, backend, weights: dense, dims, rope, paths })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Forward over a packed batch; with `lora` the adapter is applied (`y += scale·x·Aᵀ·Bᵀ`).
+    ///
+    /// # Errors
+    /// `ModelError` for a token or target id ≥ vocab, a sequence longer than
+    /// `max_position_embeddings`, or an adapter that does not fit this model.
+    pub fn forward(
+        &self,
+        batch: &PackedBatch,
+        lora: Option<(&LoraConfig, &LoraWeights)>,
+    ) -> Result<Forward, ModelError> {
+        let view = self.lora_view(lora)?;
+        self.forward_view(batch, &view)
+    }
+
+    /// `forward` with the adapter already resolved.
+    pub(crate) fn forward_view(&self, batch: &PackedBatch, view: &LoraView<'_>) -> Result<Forward, ModelError> {
+        self.check_batch(batch)?;
+        let d = self.dims;
+        let t = batch.num_tokens();
+        let be = &self.backend;
+        let qk_norm = self.config.family.has_qk_norm();
+
+        let mut h = vec![0.0f32; t * d.hidden]; // (T, H) the residual stream
+        be.embedding_forward(&mut h, &self.weights.embed_tokens, &batch.tokens, d.vocab, d.hidden);
+        let mut tmp = vec![0.0f32; t * d.hidden]; // (T, H)
+        let mut layers = Vec::with_capacity(self.weights.layers.len());
+        for (w, pairs) in self.weights.layers.iter().zip(&view.layers) {
+            let mut acts = LayerActs::new(t, d, qk_norm, pairs);
+            acts.x.copy_from_slice(&h);
+            self.attn_in(w, (pairs, view.scale), &mut acts, &batch.positions);
+            let cu = &batch.cu_seqlens;
+            be.attention_forward(
+                &mut acts.attn,
+                &mut acts.lse,
+                &acts.q,
+                &acts.k,
+                &acts.v,
+                cu,
+                cu,
+                self.attn_dims(),
+                self.attn_scale(),
+            );
+            self.attn_out_mlp(w, (pairs, view.scale), &mut acts, &mut h, &mut tmp);
+            layers.push(acts);
+        }
+
+        let mut fin = FinalActs::new(t, d, view.lm_head);
+        fin.x = h;
+        let mut logits = vec![0.0f32; t * d.vocab]; // (T, V)
+        self.final_forward(&mut fin, &mut logits, view.lm_head, view.scale);
+        let mut logprobs = vec![0.0f32; t * batch.k]; // (T, k)
+        be.logsoftmax_gather_forward(&mut logprobs, &mut fin.lse, &logits, &batch.targets, t, d.vocab, batch.k);
+        Ok(Forward { logprobs, logits, layers, fin, cu_seqlens: batch.cu_seqlens.clone(), with_lora: view.present })
+    }
+
+    /// Attention geometry for the backend's attention ops.
+    pub(crate) fn attn_dims(&self) -> AttnDims {
+        AttnDims { heads: self.dims.heads, kv_heads: self.dims.kv_heads, head_dim: self.dims.head_dim }
+    }
+
+    /// `head_dim^-0.5`, rounded once to f32 as transformers' `self.scaling` is when it meets an f32 tensor.
+    pub(crate) fn attn_scale(&self) -> f32 {
+        (self.dims.head_dim as f64).powf(-0.5) as f32
+    }
+
+    /// The adapter resolved against this model, or the empty view.
+    pub(crate) fn lora_view<'a>(
+        &self,
+        lora: Option<(&LoraConfig, &'a LoraWeights)>,
+    ) -> Result<LoraView<'a>, ModelError> {
+        match lora {
+            Some((c, w)) => LoraView::new(&self.config, &self.paths, c, w),
+            None => Ok(LoraView::none(self.config.num_hidden_layers)),
+        }
+    }
+
+    /// Checks what `PackedBatch::new` could not: ids against the vocab, lengths against positions.
+    fn check_batch(&self, batch: &PackedBatch) -> Result<(), ModelError> {
+        let vocab = self.dims.vocab;
+        self.check_tokens(&batch.tokens)?;
+        if let Some((index, &target)) = batch.targets.iter().enumerate().find(|(_, &t)| t as usize >= vocab) {
+            return Err(ModelError::TargetOutOfVocab { index, target, vocab });
+        }
+        let max = self.config.max_position_embeddings;
+        for s in 0..batch.num_seqs() {
+            let len = batch.seq_range(s).len();
+            if len > max {
+                return Err(ModelError::SequenceTooLong { seq: s, len, max });
+            }
+        }
+        assert!(batch.positions.iter().all(|&p| (p as usize) < max), "positions restart at 0 in every sequence");
+        Ok(())
+    }
+
+    /// Every id in `tokens` must be a row of the embedding.
+    pub(crate) fn check_tokens(&self, tokens: &[u32]) -> Result<(), ModelError> {
+        let vocab = self.dims.vocab;
+        match tokens.iter().enumerate().find(|(_, &t)| t as usize >= vocab) {
+            Some((index, &token)) => Err(ModelError::TokenOutOfVocab { index, token, vocab }),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! Helpers shared by the `model_*` integration tests: tiny models on a chosen backend and
+//! adapters with every factor random (B ≠ 0, so gradients reach A and the alpha/r scale matters).
+#![allow(dead_code, clippy::unwrap_used)] // each test crate uses a subset; test helpers may unwrap
+
+use kernels::Backend;
+use runtime::{LoraConfig, ModelConfig};
+use worker::adapter::{lora_sites, LoraWeights};
+use worker::model::Model;
+use worker::rng::Rng;
+use worker::tiny::tiny_model;
+
+pub const FAMILIES: [&str; 3] = ["tiny/llama3", "tiny/qwen3", "tiny/qwen2"];
+
+pub fn model<B: Backend>(name: &str, backend: B) -> Model<B> {
+    let (config, weights) = tiny_model(name, 7).unwrap();
+    Model::new(config, weights, backend).unwrap()
+}
+
+/// Rank-4 LoRA on every target (attention, MLP, unembedding), alpha 8 → scale 2.
+pub fn lora_config() -> LoraConfig {
+    LoraConfig::new(4, 8.0, 0, true, true, true).unwrap()
+}
+
+/// Every A and B entry normal × `std`, seeded per site.
+pub fn random_lora(config: &ModelConfig, lora: &LoraConfig, seed: u64, std: f32) -> LoraWeights {
+    let mut w = LoraWeights::zeros(&lora_sites(config, lora), lora.rank);
+    for (path, pair) in w.sites.iter_mut() {
+        let mut rng = Rng::derive(seed, path);
+        for x in pair.a.iter_mut().chain(pair.b.iter_mut()) {
+            *x = std * rng.normal_f32();
+        }
+    }
+    w
+}
+
+/// `len` token ids in `0..vocab` from `seed`.
+pub fn tokens(len: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut rng = Rng::new(seed);
+    (0..len).map(|_| (rng.next_u64() % vocab as u64) as u32).collect()
+}
+
+/// Bitwise equality of two f32 slices, with the first difference in the message.
+pub fn assert_bits_eq(a: &[f32], b: &[f32], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths differ");
+    if let Some(i) = (0..a.len()).find(|&i| a[i].to_bits() != b[i].to_bits()) {
+        panic!("{what}: index {i} differs: {} vs {}", a[i], b[i]);
+    }
+}
