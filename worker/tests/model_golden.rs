@@ -1,0 +1,141 @@
+//! The dense model against PyTorch (HF transformers + PEFT, f32) golden fixtures from
+//! `ops/golden/fixtures/tiny-{llama3,qwen3}`: logits and logprobs within 1e-4, the summed loss, and
+//! every LoRA gradient within 1e-4 relative norm. The three fixture sequences run packed in one
+//! batch (PyTorch ran each alone), so this also checks packing against an outside oracle.
+//! Skips with a notice when the fixtures are absent.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns may unwrap too (house rule 5)
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use kernels::{Backend, ReferenceBackend};
+use runtime::{LoraConfig, ModelConfig};
+use safetensors::{Dtype, SafeTensors};
+use serde_json::Value;
+use worker::adapter::{lora_sites, peft_keys, LoraWeights};
+use worker::model::{Model, PackedBatch};
+use worker::tensor::{HostTensor, WeightMap};
+
+fn fixture_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/golden/fixtures").join(name)
+}
+
+/// Every f32 tensor of a safetensors file by name.
+fn read_safetensors(path: &Path) -> BTreeMap<String, HostTensor> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            assert_eq!(view.dtype(), Dtype::F32, "{name}: fixtures are f32");
+            let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            (name, HostTensor::new(view.shape().to_vec(), data))
+        })
+        .collect()
+}
+
+struct Case {
+    lora: LoraConfig,
+    seqs: Vec<(Vec<u32>, Vec<u32>, Vec<f32>)>, // (tokens, targets, weights)
+}
+
+fn read_case(dir: &Path) -> Case {
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
+    let l = &v["lora"];
+    let flag = |k: &str| l[k].as_bool().unwrap();
+    let lora = LoraConfig::new(
+        l["rank"].as_u64().unwrap() as usize,
+        l["alpha"].as_f64().unwrap() as f32,
+        0,
+        flag("train_attn"),
+        flag("train_mlp"),
+        flag("train_unembed"),
+    )
+    .unwrap();
+    let ids = |s: &Value, k: &str| s[k].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+    let seqs = v["sequences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let w = s["weights"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+            (ids(s, "tokens"), ids(s, "targets"), w)
+        })
+        .collect();
+    Case { lora, seqs }
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn norm(x: impl Iterator<Item = f64>) -> f64 {
+    x.map(|v| v * v).sum::<f64>().sqrt()
+}
+
+fn check_fixture<B: Backend>(name: &str, backend: B) {
+    let dir = fixture_dir(name);
+    if !dir.join("expected.safetensors").exists() {
+        println!("NOTICE: golden fixture {} is absent; skipping {name}", dir.display());
+        return;
+    }
+    let config = ModelConfig::from_json_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let weights = WeightMap { tensors: read_safetensors(&dir.join("model.safetensors")) };
+    let adapter = read_safetensors(&dir.join("adapter_model.safetensors"));
+    let expected = read_safetensors(&dir.join("expected.safetensors"));
+    let case = read_case(&dir);
+    let model = Model::new(config.clone(), weights, backend).unwrap();
+
+    let sites = lora_sites(&config, &case.lora);
+    let mut lora = LoraWeights::zeros(&sites, case.lora.rank);
+    for site in &sites {
+        let (ka, kb) = peft_keys(&site.path);
+        let pair = lora.get_mut(&site.path).unwrap();
+        pair.a.copy_from_slice(&adapter[&ka].data);
+        pair.b.copy_from_slice(&adapter[&kb].data);
+    }
+    assert_eq!(adapter.len(), 2 * sites.len(), "{name}: every adapter tensor maps to a site");
+
+    let refs: Vec<(&[u32], &[u32])> = case.seqs.iter().map(|(t, g, _)| (&t[..], &g[..])).collect();
+    let batch = PackedBatch::new(&refs, 1).unwrap();
+    let fwd = model.forward(&batch, Some((&case.lora, &lora))).unwrap();
+    let v = config.vocab_size;
+    let mut loss = 0.0f64;
+    for (i, (_, _, w)) in case.seqs.iter().enumerate() {
+        let r = batch.seq_range(i);
+        let logits = &fwd.logits[r.start * v..r.end * v];
+        let d = max_abs_diff(logits, &expected[&format!("logits.{i}")].data);
+        assert!(d <= 1e-4, "{name}: logits of sequence {i} differ from PyTorch by {d}");
+        let d = max_abs_diff(&fwd.logprobs[r.clone()], &expected[&format!("logprobs.{i}")].data);
+        assert!(d <= 1e-4, "{name}: logprobs of sequence {i} differ from PyTorch by {d}");
+        loss -= w.iter().zip(&fwd.logprobs[r]).map(|(&w, &lp)| w as f64 * lp as f64).sum::<f64>();
+    }
+    let want = expected["loss"].data[0] as f64;
+    assert!((loss - want).abs() <= 1e-4 * want.abs().max(1.0), "{name}: loss {loss} vs PyTorch {want}");
+
+    let dlp: Vec<f32> = case.seqs.iter().flat_map(|(_, _, w)| w.iter().map(|x| -x)).collect();
+    let mut grads = lora.zeros_like();
+    model.backward(&fwd, &batch, &dlp, (&case.lora, &lora), &mut grads).unwrap();
+    for site in &sites {
+        let g = &grads.sites[&site.path];
+        let (ka, kb) = peft_keys(&site.path);
+        for (key, got) in [(ka, &g.a), (kb, &g.b)] {
+            let want = &expected[&format!("grad.{key}")].data;
+            let err = norm(got.iter().zip(want).map(|(&x, &y)| x as f64 - y as f64));
+            let size = norm(want.iter().map(|&y| y as f64));
+            assert!(size > 0.0, "{name}: reference gradient {key} is zero");
+            assert!(err <= 1e-4 * size, "{name}: ‖g − g_ref‖ = {err} > 1e-4 · ‖g_ref‖ = {} for {key}", 1e-4 * size);
+        }
+    }
+}
+
+#[test]
+fn reference_backend_matches_pytorch_on_tiny_llama3() {
+    check_fixture("tiny-llama3", ReferenceBackend);
+}
+
+#[test]
+fn reference_backend_matches_pytorch_on_tiny_qwen3() {
+    check_fixture("tiny-qwen3", ReferenceBackend);
+}
