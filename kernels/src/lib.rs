@@ -7,6 +7,7 @@
 #![allow(unsafe_code)]
 
 pub mod backend;
+pub mod cpu;
 pub mod real;
 pub mod reference;
 pub mod rope;
@@ -16,5 +17,6 @@ pub use backend::{
     ActivationOps, AdamStep, AttentionOps, AttnDims, Backend, EmbeddingOps, LinearOps, LoraDims, LoraOps, MatmulDims,
     NormOps, OptimOps, RopeOps, VocabOps,
 };
+pub use cpu::CpuBackend;
 pub use real::Real;
 pub use reference::ReferenceBackend;
