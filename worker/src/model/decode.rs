@@ -1,5 +1,5 @@
 //! Generation support: `KvCache` (one sequence's keys after RoPE and values, per layer), the
-//! prefill that runs a prompt through the training `forward` and keeps its keys/values, and the
+//! prefill that runs a prompt through the training forward's layers and keeps its keys/values, and the
 //! decode step that feeds one token per sequence against its cache.
 //!
 //! The decode step runs the same layer pieces as `forward` (`attn_in`, `attn_out_mlp`,
@@ -32,7 +32,7 @@ impl KvCache {
 }
 
 impl<B: Backend> Model<B> {
-    /// Runs `prompt` through `forward` and returns its cache and the logits `(V)` of its last token.
+    /// Runs `prompt` through the training forward's trunk and returns its cache and the logits `(V)` of its last token.
     ///
     /// # Errors
     /// `ModelError` for an empty prompt, an id ≥ vocab, or a prompt longer than
@@ -42,11 +42,15 @@ impl<B: Backend> Model<B> {
         let mut targets = prompt.get(1..).unwrap_or_default().to_vec();
         targets.push(0);
         let batch = PackedBatch::new(&[(prompt, &targets)], 1)?;
-        let fwd = self.forward_view(&batch, view)?;
-        let t = prompt.len();
-        let v = self.dims.vocab;
-        let last = fwd.logits[(t - 1) * v..t * v].to_vec();
-        let (keys, values) = fwd.layers.into_iter().map(|a| (a.k, a.v)).unzip();
+        let (layers, h) = self.trunk(&batch, view)?;
+        let (t, d) = (prompt.len(), self.dims);
+        // Only the last token's logits are needed; the head is row-invariant, so computing that
+        // one row gives the bits a full pass would.
+        let mut fin = FinalActs::new(1, d, view.lm_head);
+        fin.x.copy_from_slice(&h[(t - 1) * d.hidden..]);
+        let mut last = vec![0.0f32; d.vocab]; // (V)
+        self.final_forward(&mut fin, &mut last, view.lm_head, view.scale);
+        let (keys, values) = layers.into_iter().map(|a| (a.k, a.v)).unzip();
         Ok((KvCache { len: t, keys, values }, last))
     }
 

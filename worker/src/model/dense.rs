@@ -62,11 +62,26 @@ impl<B: Backend> Model<B> {
         lora: Option<(&LoraConfig, &LoraWeights)>,
     ) -> Result<Forward, ModelError> {
         let view = self.lora_view(lora)?;
-        self.forward_view(batch, &view)
+        let (layers, h) = self.trunk(batch, &view)?;
+        let d = self.dims;
+        let t = batch.num_tokens();
+        let mut fin = FinalActs::new(t, d, view.lm_head);
+        fin.x = h;
+        let mut logits = vec![0.0f32; t * d.vocab]; // (T, V)
+        self.final_forward(&mut fin, &mut logits, view.lm_head, view.scale);
+        let mut logprobs = vec![0.0f32; t * batch.k]; // (T, k)
+        let be = &self.backend;
+        be.logsoftmax_gather_forward(&mut logprobs, &mut fin.lse, &logits, &batch.targets, t, d.vocab, batch.k);
+        Ok(Forward { logprobs, logits, layers, fin, cu_seqlens: batch.cu_seqlens.clone(), with_lora: view.present })
     }
 
-    /// `forward` with the adapter already resolved.
-    pub(crate) fn forward_view(&self, batch: &PackedBatch, view: &LoraView<'_>) -> Result<Forward, ModelError> {
+    /// Embedding and every decoder layer: the saved layer activations and the final residual
+    /// stream `(T, H)`, which the final norm and unembedding read.
+    pub(crate) fn trunk(
+        &self,
+        batch: &PackedBatch,
+        view: &LoraView<'_>,
+    ) -> Result<(Vec<LayerActs>, Vec<f32>), ModelError> {
         self.check_batch(batch)?;
         let d = self.dims;
         let t = batch.num_tokens();
@@ -97,13 +112,8 @@ impl<B: Backend> Model<B> {
             layers.push(acts);
         }
 
-        let mut fin = FinalActs::new(t, d, view.lm_head);
-        fin.x = h;
-        let mut logits = vec![0.0f32; t * d.vocab]; // (T, V)
-        self.final_forward(&mut fin, &mut logits, view.lm_head, view.scale);
-        let mut logprobs = vec![0.0f32; t * batch.k]; // (T, k)
-        be.logsoftmax_gather_forward(&mut logprobs, &mut fin.lse, &logits, &batch.targets, t, d.vocab, batch.k);
-        Ok(Forward { logprobs, logits, layers, fin, cu_seqlens: batch.cu_seqlens.clone(), with_lora: view.present })
+        assert_eq!(layers.len(), self.config.num_hidden_layers, "one activation set per layer");
+        Ok((layers, h))
     }
 
     /// Attention geometry for the backend's attention ops.
