@@ -4,20 +4,21 @@
 
 mod model_common;
 
-use kernels::{Backend, ReferenceBackend};
+use kernels::{Backend, CpuBackend, ReferenceBackend};
 use model_common::{assert_bits_eq, lora_config, model, random_lora, tokens, FAMILIES};
 use worker::model::PackedBatch;
 use worker::rng::Rng;
 
-fn check_family<B: Backend>(name: &str, backend: B) {
+/// Sequence 1 of lengths `lens` alone vs packed between sequences 0 and 2.
+fn check_family<B: Backend>(name: &str, backend: B, lens: [usize; 3]) {
     let m = model(name, backend);
     let vocab = m.config().vocab_size;
     let lcfg = lora_config();
     let lw = random_lora(m.config(), &lcfg, 11, 0.1);
     let seqs: Vec<(Vec<u32>, Vec<u32>)> =
-        [(5, 1), (9, 2), (3, 3)].iter().map(|&(len, s)| (tokens(len, vocab, s), tokens(len, vocab, 100 + s))).collect();
+        lens.iter().zip(1u64..).map(|(&len, s)| (tokens(len, vocab, s), tokens(len, vocab, 100 + s))).collect();
     let mut rng = Rng::new(5);
-    let w1: Vec<f32> = (0..seqs[1].0.len()).map(|_| rng.normal_f32()).collect(); // (9) loss weights of seq 1
+    let w1: Vec<f32> = (0..lens[1]).map(|_| rng.normal_f32()).collect(); // loss weights of seq 1
 
     // Sequence 1 alone.
     let alone = PackedBatch::new(&[(&seqs[1].0, &seqs[1].1)], 1).unwrap();
@@ -51,8 +52,22 @@ fn check_family<B: Backend>(name: &str, backend: B) {
 #[test]
 fn reference_backend_gives_a_sequence_the_same_bits_alone_and_packed() {
     for name in FAMILIES {
-        check_family(name, ReferenceBackend);
+        check_family(name, ReferenceBackend, [5, 9, 3]);
     }
+}
+
+#[test]
+fn cpu_backend_gives_a_sequence_the_same_bits_alone_and_packed() {
+    for name in FAMILIES {
+        check_family(name, CpuBackend, [5, 9, 3]);
+    }
+}
+
+#[test]
+fn cpu_backend_keeps_invariance_when_packs_are_long_enough_to_tile() {
+    // 198 rows: well past any small-m fast path in the CPU matmuls.
+    check_family("tiny/llama3", CpuBackend, [61, 100, 37]);
+    check_family("tiny/qwen3", CpuBackend, [3, 130, 65]);
 }
 
 #[test]

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use kernels::{Backend, ReferenceBackend};
+use kernels::{Backend, CpuBackend, ReferenceBackend};
 use runtime::{LoraConfig, ModelConfig};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
@@ -138,4 +138,14 @@ fn reference_backend_matches_pytorch_on_tiny_llama3() {
 #[test]
 fn reference_backend_matches_pytorch_on_tiny_qwen3() {
     check_fixture("tiny-qwen3", ReferenceBackend);
+}
+
+#[test]
+fn cpu_backend_matches_pytorch_on_tiny_llama3() {
+    check_fixture("tiny-llama3", CpuBackend);
+}
+
+#[test]
+fn cpu_backend_matches_pytorch_on_tiny_qwen3() {
+    check_fixture("tiny-qwen3", CpuBackend);
 }

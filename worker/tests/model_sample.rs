@@ -4,7 +4,7 @@
 
 mod model_common;
 
-use kernels::{Backend, ReferenceBackend};
+use kernels::{Backend, CpuBackend, ReferenceBackend};
 use model_common::{assert_bits_eq, lora_config, model, random_lora, tokens, FAMILIES};
 use worker::model::{Model, ModelError, PackedBatch};
 use worker::sample::{sample, SampleParams, StopReason};
@@ -29,10 +29,9 @@ fn trainer_view<B: Backend>(
     (fwd.logprobs[rows.clone()].to_vec(), fwd.logits[rows.start * v..rows.end * v].to_vec())
 }
 
-#[test]
-fn sampled_logprobs_equal_the_trainers_bit_for_bit() {
+fn check_sampled_logprobs<B: Backend + Copy>(backend: B) {
     for name in FAMILIES {
-        let m = model(name, ReferenceBackend);
+        let m = model(name, backend);
         let lcfg = lora_config();
         let lw = random_lora(m.config(), &lcfg, 4, 0.1);
         let prompt = tokens(5, 512, 9);
@@ -45,6 +44,16 @@ fn sampled_logprobs_equal_the_trainers_bit_for_bit() {
             assert_bits_eq(&s.logprobs, &lp, &format!("{name}: sampled vs trainer logprobs"));
         }
     }
+}
+
+#[test]
+fn sampled_logprobs_equal_the_trainers_bit_for_bit_on_the_reference_backend() {
+    check_sampled_logprobs(ReferenceBackend);
+}
+
+#[test]
+fn sampled_logprobs_equal_the_trainers_bit_for_bit_on_the_cpu_backend() {
+    check_sampled_logprobs(CpuBackend);
 }
 
 #[test]
