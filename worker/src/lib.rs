@@ -11,3 +11,4 @@ pub mod rng;
 pub mod sample;
 pub mod tensor;
 pub mod tiny;
+pub mod train;

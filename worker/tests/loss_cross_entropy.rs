@@ -1,6 +1,7 @@
 //! Cross-entropy against its formula `Σ -w·lp`, written independently here: hand-computed cases
 //! (1-D and `(N, K)` soft targets, negative weights) and f64 central differences of the loss value
 //! with respect to every logprob.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns may unwrap too (house rule 5)
 
 use std::collections::BTreeMap;
 

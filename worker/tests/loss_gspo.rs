@@ -5,6 +5,7 @@
 //! Because of the stop-gradients the value's slope in `lp_t` is not the autograd gradient, so the
 //! finite differences here differentiate the surrogate autograd sees: the token loss as a function
 //! of `x` in `s_t = s·exp(x)` at `x = 0`.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns may unwrap too (house rule 5)
 
 use std::collections::BTreeMap;
 

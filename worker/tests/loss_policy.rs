@@ -4,6 +4,7 @@
 //!
 //! The sampler logprobs `q` are chosen so that `lp - q` is a small dyadic number (exact in f32),
 //! which makes every ratio an exactly known `exp` value.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns may unwrap too (house rule 5)
 
 use std::collections::BTreeMap;
 
@@ -193,4 +194,15 @@ fn missing_rl_inputs_and_soft_targets_are_rejected_by_name() {
 
     let nan_q = rl_inputs(&[-1.0, f32::NAN, -1.0, -1.0], &A, vec![]);
     assert!(matches!(ppo.compute(0, &LP, &nan_q), Err(LossInputError::NotFinite { index: 1, .. })));
+}
+
+#[test]
+fn a_ratio_that_overflows_is_an_error_not_an_infinite_gradient() {
+    // lp - q = 1000: exp overflows even in f64.
+    let data = rl_inputs(&[-1.0, -1001.0], &[1.0, 1.0], vec![]);
+    let err = loss("importance_sampling", &[]).compute(4, &[-1.0, -1.0], &data).unwrap_err();
+    assert_eq!(err, LossInputError::Overflow { datum: 4, loss: "importance_sampling", index: 1 });
+    // PPO clips that same ratio: the loss stays finite and the token has no gradient.
+    let out = loss("ppo", &[]).compute(4, &[-1.0, -1.0], &data).unwrap();
+    assert_eq!(out.dlogprobs[1], 0.0);
 }

@@ -106,6 +106,11 @@ pub enum LossInputError {
     NotFinite { datum: usize, key: String, index: usize, value: f64 },
     #[error("datum {datum}: loss_fn_inputs[`{key}`][{index}] is invalid: {why}")]
     Invalid { datum: usize, key: String, index: usize, why: String },
+    #[error(
+        "datum {datum}: loss_fn `{loss}` overflowed at token {index} (loss or gradient not finite); the \
+         inputs are too far apart, e.g. sampler `logprobs` far below the learner's make exp(lp - q) overflow"
+    )]
+    Overflow { datum: usize, loss: &'static str, index: usize },
 }
 
 /// The target tokens of one datum: `ids (n, k)` row-major; `k == 1` for 1-D `target_tokens`.

@@ -82,8 +82,12 @@ impl Metrics {
         for (&name, &stat) in &self.stats {
             let value = match stat {
                 Stat::Sum(x) | Stat::Max(x) => x,
-                Stat::Mean { count, .. } if count == 0.0 => continue,
-                Stat::Mean { total, count } => total / count,
+                Stat::Mean { total, count } => {
+                    if count == 0.0 {
+                        continue;
+                    }
+                    total / count
+                }
             };
             out.insert(name.to_string(), value);
         }

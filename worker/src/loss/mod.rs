@@ -52,7 +52,8 @@ impl LossFn {
     ///
     /// # Errors
     /// [`LossInputError`] when an input is missing, unexpected, misshapen, of the wrong dtype or
-    /// not finite, or a per-token clip threshold or `sequence_ratio_mask` value is out of range.
+    /// not finite, or a per-token clip threshold or `sequence_ratio_mask` value is out of range;
+    /// `Overflow` when finite inputs still give a non-finite loss or gradient (e.g. `exp(lp - q)`).
     ///
     /// # Panics
     /// When `logprobs` does not hold one value per cell of `target_tokens` (the caller computed
@@ -72,6 +73,13 @@ impl LossFn {
         };
         assert_eq!(out.dlogprobs.len(), logprobs.len());
         assert_eq!(out.elementwise.len(), targets.n);
+        let bad_row = (0..targets.n).find(|&row| {
+            !out.elementwise[row].is_finite()
+                || out.dlogprobs[row * targets.k..(row + 1) * targets.k].iter().any(|g| !g.is_finite())
+        });
+        if let Some(index) = bad_row {
+            return Err(LossInputError::Overflow { datum, loss: self.name(), index });
+        }
         Ok(out)
     }
 }
