@@ -65,7 +65,7 @@ mod tests {
         let k = site("model.layers.0.self_attn.k_proj", 8, 4);
         let both = init_lora(&[q.clone(), k.clone()], &config(7));
         assert_eq!(both, init_lora(&[q.clone(), k.clone()], &config(7)));
-        assert_eq!(both.sites[&q.path], init_lora(&[q.clone()], &config(7)).sites[&q.path]);
+        assert_eq!(both.sites[&q.path], init_lora(std::slice::from_ref(&q), &config(7)).sites[&q.path]);
         assert_ne!(both.sites[&q.path].a, both.sites[&k.path].a);
         assert_ne!(both, init_lora(&[q, k], &config(8)));
     }

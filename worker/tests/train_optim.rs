@@ -1,5 +1,6 @@
 //! `TrainState::optim_step` against `torch.optim.AdamW` + `clip_grad_norm_`, with the torch
 //! formulas written out here in f64 and the first step's values worked by hand.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns may unwrap too (house rule 5)
 
 use kernels::ReferenceBackend;
 use runtime::LoraConfig;
@@ -28,7 +29,6 @@ fn values(s: &TrainState) -> Vec<f32> {
 }
 
 /// torch: clip_grad_norm_ then AdamW (single-tensor), all in f64, on flat `p`, `m`, `v`.
-#[allow(clippy::too_many_arguments)]
 fn torch_step(p: &mut [f64], g: &[f64], m: &mut [f64], v: &mut [f64], step: i32, lr: f64, wd: f64, max_norm: f64) {
     let (beta1, beta2, eps) = (0.9, 0.99, 1e-8);
     let total = g.iter().map(|x| x * x).sum::<f64>().sqrt();
@@ -92,7 +92,10 @@ fn without_a_clip_norm_the_gradient_is_used_as_is() {
     torch_step(&mut p, &[3.0, 4.0, 0.0], &mut m, &mut v, 1, 0.1, 0.0, f64::INFINITY);
     assert_close(&values(&s), &p, 1e-6, "unclipped step");
     let second = s.adam_v.get("p").unwrap().a[1];
-    assert!((f64::from(second) - 0.01 * 16.0).abs() < 2e-6 * 0.16, "v = (1 - β2)·g² with the raw gradient, got {second}");
+    assert!(
+        (f64::from(second) - 0.01 * 16.0).abs() < 2e-6 * 0.16,
+        "v = (1 - β2)·g² with the raw gradient, got {second}"
+    );
 }
 
 #[test]
