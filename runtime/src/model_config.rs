@@ -60,7 +60,7 @@ pub struct MoeConfig {
 impl MoeConfig {
     /// Whether `layer` has a sparse MoE block (else a dense MLP), by transformers' rule.
     pub fn is_moe_layer(&self, layer: usize) -> bool {
-        !self.mlp_only_layers.contains(&layer) && self.num_experts > 0 && (layer + 1) % self.decoder_sparse_step == 0
+        !self.mlp_only_layers.contains(&layer) && self.num_experts > 0 && (layer + 1).is_multiple_of(self.decoder_sparse_step)
     }
 }
 
@@ -186,7 +186,7 @@ impl ModelConfig {
                 return invalid(field, "must be positive".into());
             }
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return invalid(
                 "num_key_value_heads",
                 format!(
@@ -195,7 +195,7 @@ impl ModelConfig {
                 ),
             );
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return invalid("head_dim", format!("{} is odd; RoPE rotates pairs", self.head_dim));
         }
         if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps.is_finite()) {
