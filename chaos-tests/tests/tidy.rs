@@ -1,6 +1,8 @@
 //! Structural checks of the workspace that the compiler cannot make (design §2):
 //! the crate dependency direction, that the coordinator library never reaches into model math,
 //! and that `unsafe` lives only in `kernels`.
+// Test helpers may unwrap: a failure here is a failed check, reported with its location.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
