@@ -6,7 +6,7 @@
 mod attention;
 mod linear;
 mod rowwise;
-pub mod tiled_gemm;
+mod tiled_gemm;
 
 use crate::{
     ActivationOps, AdamStep, AttentionOps, AttnDims, Backend, EmbeddingOps, LinearOps, LoraDims, LoraOps, MatmulDims,
