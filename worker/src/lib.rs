@@ -4,6 +4,7 @@
 
 pub mod adapter;
 pub mod init;
+pub mod load;
 pub mod loss;
 pub mod model;
 pub mod optim;
