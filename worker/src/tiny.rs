@@ -85,8 +85,10 @@ fn tiny_qwen2() -> ModelConfig {
     ModelConfig { attention_bias: true, ..base(Family::Qwen2) }
 }
 
-/// Every tensor a dense checkpoint of `config` holds, with HF names and shapes.
-fn dense_weights(config: &ModelConfig, seed: u64) -> WeightMap {
+/// Every tensor a dense checkpoint of `config` holds, with HF names and shapes, seeded as the
+/// tiny models are. Works for any dense config (benchmarks use it for real-sized shapes); no
+/// `lm_head.weight` when the config ties the unembedding.
+pub fn dense_weights(config: &ModelConfig, seed: u64) -> WeightMap {
     let h = config.hidden_size;
     let q = config.num_attention_heads * config.head_dim;
     let kv = config.num_key_value_heads * config.head_dim;
