@@ -13,6 +13,8 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Measure train-step, forward and sampling throughput (JSON lines, comparable to bench_torch_peft.py).
+    Bench(cli::bench::BenchArgs),
     /// List known models, or fetch one into the local cache.
     Models {
         #[command(subcommand)]
@@ -42,6 +44,7 @@ fn main() -> std::process::ExitCode {
 
 fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
+        Cmd::Bench(b) => cli::bench::run(&b)?,
         Cmd::Models { action: None | Some(ModelsCmd::List) } => cli::models::list(),
         Cmd::Models { action: Some(ModelsCmd::Fetch { name }) } => cli::models::fetch(&name)?,
     }

@@ -60,7 +60,9 @@ pub struct MoeConfig {
 impl MoeConfig {
     /// Whether `layer` has a sparse MoE block (else a dense MLP), by transformers' rule.
     pub fn is_moe_layer(&self, layer: usize) -> bool {
-        !self.mlp_only_layers.contains(&layer) && self.num_experts > 0 && (layer + 1).is_multiple_of(self.decoder_sparse_step)
+        !self.mlp_only_layers.contains(&layer)
+            && self.num_experts > 0
+            && (layer + 1).is_multiple_of(self.decoder_sparse_step)
     }
 }
 

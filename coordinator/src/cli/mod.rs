@@ -1,6 +1,8 @@
 //! The `lathe` command line. This module tree belongs to the binary, not the coordinator
 //! library: it is where coordinator, worker and kernels are composed.
 
+pub mod bench;
 pub mod catalog;
 pub mod fetch;
+pub mod load_monitor;
 pub mod models;
