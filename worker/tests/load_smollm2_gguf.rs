@@ -32,6 +32,11 @@ fn gguf_path() -> Option<PathBuf> {
     if path.is_file() {
         Some(path)
     } else {
+        assert!(
+            std::env::var("LATHE_REQUIRE_MODELS").as_deref() != Ok("1"),
+            "LATHE_REQUIRE_MODELS=1 but {} is missing; run ops/fetch-models.sh",
+            path.display()
+        );
         eprintln!("NOTICE: skipping SmolLM2 GGUF test: {} not found (run ops/fetch-models.sh)", path.display());
         None
     }
