@@ -1,0 +1,209 @@
+//! The control protocol between the coordinator and a worker (design §2: "the worker is driven only
+//! by control messages"). Plain data, serde-serialisable, so the same messages travel in-process
+//! (`lathe serve`) or over TCP later. Every request carries the placement generation; a worker
+//! refuses generations older than the one it serves.
+//!
+//! Tensors inside `Datum` use Tinker's public dtypes (float32, int64) and shapes, already decoded
+//! from the wire (protobuf or JSON) by the coordinator.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::lora::LoraConfig;
+
+/// Values of a loss input tensor, in Tinker's two public dtypes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum TensorValues {
+    F32(Vec<f32>),
+    I64(Vec<i64>),
+}
+
+/// A dense tensor: row-major values and their shape (`shape` product == values length).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub values: TensorValues,
+}
+
+/// One training example: the model input tokens and the loss function's inputs by name
+/// (`target_tokens`, `weights`, `logprobs`, `advantages`, …).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Datum {
+    pub tokens: Vec<u32>,
+    pub loss_fn_inputs: BTreeMap<String, Tensor>,
+}
+
+/// `torch.optim.AdamW` hyperparameters as Tinker sends them.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdamConfig {
+    pub learning_rate: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    pub grad_clip_norm: f64,
+}
+
+/// What ends generation, besides `max_tokens`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StopConditions {
+    /// Token ids that end a sample (the stop token is included in the output).
+    pub token_ids: Vec<u32>,
+    /// Strings that end a sample once the decoded text contains them.
+    pub strings: Vec<String>,
+    /// Whether the model's EOS tokens end a sample (`stop: []` in Tinker turns this off).
+    pub eos: bool,
+}
+
+/// Tinker `SamplingParams`, validated by the coordinator.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SamplingConfig {
+    pub max_tokens: usize,
+    pub temperature: f32,
+    /// −1 = off.
+    pub top_k: i32,
+    pub top_p: f32,
+    pub seed: u64,
+    pub stop: StopConditions,
+}
+
+/// Requests the coordinator sends a worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// Creates a training run's LoRA adapter (A from `lora.seed`, B zero) and optimizer state.
+    CreateRun { run: String, base_model: String, lora: LoraConfig },
+    /// Frees a run's in-memory state (its checkpoints on disk are untouched).
+    DropRun { run: String },
+    /// Adds gradients (unless `forward_only`) and returns per-datum outputs and metrics.
+    ForwardBackward { run: String, data: Vec<Datum>, loss_fn: String, loss_config: BTreeMap<String, f64>, forward_only: bool },
+    /// Applies and zeroes the accumulated gradients.
+    OptimStep { run: String, adam: AdamConfig },
+    /// Writes the run's adapter (and, with `optimizer`, Adam moments and step) into `dir`.
+    SaveState { run: String, dir: PathBuf, optimizer: bool },
+    /// Creates or replaces `run` from a `SaveState` directory; optimizer state too when asked.
+    LoadState { run: String, dir: PathBuf, optimizer: bool },
+    /// Writes a standard PEFT adapter (`adapter_config.json` + `adapter_model.safetensors`) into `dir`.
+    ExportPeft { run: String, dir: PathBuf },
+    /// Makes a sampler: the base model alone, or with the adapter saved in `adapter_dir`
+    /// (a `SaveState` or `ExportPeft` directory), or with a copy of a live run's current adapter.
+    CreateSampler { sampler: String, base_model: String, adapter: SamplerAdapter },
+    DropSampler { sampler: String },
+    Sample(SampleRequest),
+}
+
+/// Where a sampler's adapter comes from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum SamplerAdapter {
+    None,
+    Dir(PathBuf),
+    LiveRun(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SampleRequest {
+    pub sampler: String,
+    pub prompt: Vec<u32>,
+    pub num_samples: usize,
+    pub params: SamplingConfig,
+    /// Return the logprob of every prompt token (NaN at position 0 and before `last_n`).
+    pub prompt_logprobs: bool,
+    /// Only the last N prompt positions are scored when set.
+    pub prompt_logprobs_last_n: Option<usize>,
+    /// Top-k alternatives per prompt position (0 = off).
+    pub topk_prompt_logprobs: usize,
+    /// Top-k alternatives per sampled token (0 = off).
+    pub topk_sample_logprobs: usize,
+}
+
+/// A control message: the body plus the placement generation it belongs to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub generation: u64,
+    pub body: ToWorker,
+}
+
+/// Who is at fault when a request fails (Tinker's error categories).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCategory {
+    /// The caller's input was wrong; retrying the same request fails the same way.
+    User,
+    /// lathe failed.
+    Server,
+}
+
+/// One datum's outputs of a forward(_backward).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DatumOutput {
+    /// Target logprobs, shaped like `target_tokens` (`(N)` or `(N, K)`).
+    pub logprobs: Tensor,
+    /// Per-token loss `(N)`.
+    pub elementwise_loss: Tensor,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ForwardBackwardResult {
+    pub outputs: Vec<DatumOutput>,
+    /// `name:reduction` → value; always has `loss:sum`.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StopReason {
+    Stop,
+    Length,
+}
+
+/// Top-k alternatives at one position: `(token id, logprob)` pairs, best first.
+pub type TopK = Vec<(u32, f32)>;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SampledSequence {
+    pub tokens: Vec<u32>,
+    pub logprobs: Vec<f32>,
+    pub stop_reason: StopReason,
+    /// One row per sampled token when asked for.
+    pub topk_logprobs: Option<Vec<TopK>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SampleResult {
+    pub sequences: Vec<SampledSequence>,
+    /// `len(prompt)` values, NaN where not computed (always position 0).
+    pub prompt_logprobs: Option<Vec<f32>>,
+    /// One row per prompt position (empty row at position 0).
+    pub topk_prompt_logprobs: Option<Vec<TopK>>,
+}
+
+/// Replies a worker sends back, one per request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum FromWorker {
+    Done,
+    ForwardBackward(ForwardBackwardResult),
+    Optim { metrics: BTreeMap<String, f64> },
+    /// A state save or export finished: total bytes written.
+    Saved { bytes: u64 },
+    Sampled(SampleResult),
+    Failed { category: ErrorCategory, message: String },
+}
+
+/// A base model a worker serves, as the coordinator advertises it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BaseModelInfo {
+    /// The name clients use (`HuggingFaceTB/SmolLM2-135M-Instruct`, `tiny/llama3`).
+    pub name: String,
+    /// HF `model_type` (`llama`, `qwen3`, …).
+    pub arch: String,
+    pub max_context_length: usize,
+    pub vocab_size: usize,
+    /// A local HF-style directory with `tokenizer.json` (for the SDK's `get_tokenizer()`), if any.
+    pub tokenizer_dir: Option<PathBuf>,
+}
+
+/// How the coordinator reaches a worker: one request in, one reply out. The in-process link of
+/// `lathe serve` runs the worker on its own thread; a TCP link will frame the same messages.
+/// Implementations never block the caller's async executor.
+pub trait WorkerLink: Send + Sync + 'static {
+    fn call(&self, msg: Envelope) -> std::pin::Pin<Box<dyn std::future::Future<Output = FromWorker> + Send>>;
+}
