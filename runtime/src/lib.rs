@@ -1,6 +1,7 @@
 //! lathe's shared vocabulary: every type that the coordinator and the worker must agree on.
 //! No math and no I/O beyond parsing lives here.
 
+pub mod clock;
 pub mod control;
 pub mod error;
 pub mod lora;
