@@ -10,6 +10,7 @@ pub mod model;
 pub mod optim;
 pub mod rng;
 pub mod sample;
+pub mod service;
 pub mod tensor;
 pub mod tiny;
 pub mod train;

@@ -4,7 +4,11 @@
 //!
 //! Each returned logprob is the model's temperature-1 log-softmax at the sampled token, computed
 //! by the backend's `logsoftmax_gather_forward` on a logits row that is bit-identical to the full
-//! pass's (row invariance), so it equals the trainer's logprob for that token bit for bit.
+//! pass's (row invariance), so it equals the trainer's logprob for that token bit for bit. The
+//! optional top-k alternatives per sampled token come from the same op on the same row.
+//!
+//! Besides stop token ids, [`sample_with`] takes a caller's stop rule (the worker service uses it
+//! for stop strings, which need a tokenizer this module knows nothing about).
 
 use kernels::Backend;
 use runtime::LoraConfig;
@@ -43,6 +47,9 @@ pub struct SampledSequence {
     pub tokens: Vec<u32>,   // (n)
     pub logprobs: Vec<f32>, // (n) temperature-1 logprob of each sampled token
     pub stop_reason: StopReason,
+    /// Per sampled token, its top-k alternatives `(id, temperature-1 logprob)`, best first; empty
+    /// when no alternatives were asked for.
+    pub topk_logprobs: Vec<Vec<(u32, f32)>>, // (n) × (k)
 }
 
 impl SampleParams {
@@ -80,6 +87,25 @@ pub fn sample<B: Backend>(
     params: &SampleParams,
     num_samples: usize,
 ) -> Result<Vec<SampledSequence>, ModelError> {
+    sample_with(model, lora, prompt, params, num_samples, 0, |_| false)
+}
+
+/// [`sample`] with `topk` alternatives per sampled token (0 = none) and a caller's stop rule:
+/// after each sampled token that is not a stop token, `stop_when(tokens so far)` is asked, and
+/// `true` ends that sample with [`StopReason::Stop`] (the token is kept). It is called in sample
+/// order within each step, so a stateful rule sees one sample's growth at a time.
+///
+/// # Errors
+/// As [`sample`].
+pub fn sample_with<B: Backend>(
+    model: &Model<B>,
+    lora: Option<(&LoraConfig, &LoraWeights)>,
+    prompt: &[u32],
+    params: &SampleParams,
+    num_samples: usize,
+    topk: usize,
+    mut stop_when: impl FnMut(&[u32]) -> bool,
+) -> Result<Vec<SampledSequence>, ModelError> {
     params.validate()?;
     if prompt.is_empty() {
         return Err(ModelError::EmptySequence { seq: 0 });
@@ -90,9 +116,15 @@ pub fn sample<B: Backend>(
     }
     let view = model.lora_view(lora)?;
     let mut out: Vec<SampledSequence> = (0..num_samples)
-        .map(|_| SampledSequence { tokens: Vec::new(), logprobs: Vec::new(), stop_reason: StopReason::Length })
+        .map(|_| SampledSequence {
+            tokens: Vec::new(),
+            logprobs: Vec::new(),
+            stop_reason: StopReason::Length,
+            topk_logprobs: Vec::new(),
+        })
         .collect();
     if num_samples == 0 || params.max_tokens == 0 {
+        model.check_tokens(prompt)?;
         return Ok(out);
     }
     let (prompt_cache, prompt_logits) = model.prefill(prompt, &view)?; // logits (V)
@@ -109,7 +141,10 @@ pub fn sample<B: Backend>(
             let seq = &mut out[i];
             seq.tokens.push(token);
             seq.logprobs.push(logprob(model.backend(), row_logits, token));
-            if params.stop_token_ids.contains(&token) {
+            if topk > 0 {
+                seq.topk_logprobs.push(top_k_logprobs(model.backend(), row_logits, topk));
+            }
+            if params.stop_token_ids.contains(&token) || stop_when(&seq.tokens) {
                 seq.stop_reason = StopReason::Stop;
             } else if seq.tokens.len() < params.max_tokens {
                 fed.push((i, token));
@@ -125,7 +160,30 @@ pub fn sample<B: Backend>(
         logits = model.decode_step(&mut live_caches, &tokens, &view)?;
     }
     assert!(out.iter().all(|s| s.tokens.len() == s.logprobs.len() && s.tokens.len() <= params.max_tokens));
+    assert!(out.iter().all(|s| topk == 0 || s.topk_logprobs.len() == s.tokens.len()));
     Ok(out)
+}
+
+/// The `k` most likely ids of `logits (V)` (ties: lower id first; NaN logits never chosen; fewer
+/// than `k` when the row has fewer non-NaN entries) with their temperature-1 logprobs, best first,
+/// computed by the trainer's `logsoftmax_gather_forward` on the row.
+pub fn top_k_logprobs<B: Backend>(backend: &B, logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+    assert!(!logits.is_empty(), "top_k_logprobs: empty vocabulary");
+    let by_logit = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
+    let mut ids: Vec<u32> = (0..logits.len() as u32).filter(|&id| !logits[id as usize].is_nan()).collect();
+    let k = k.min(ids.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    if k < ids.len() {
+        ids.select_nth_unstable_by(k - 1, by_logit);
+        ids.truncate(k);
+    }
+    ids.sort_unstable_by(by_logit);
+    let mut lp = vec![0.0f32; k]; // (1, k)
+    let mut lse = [0.0f32];
+    backend.logsoftmax_gather_forward(&mut lp, &mut lse, logits, &ids, 1, logits.len(), k);
+    ids.into_iter().zip(lp).collect()
 }
 
 /// The temperature-1 log-softmax of `logits (V)` at `token`, by the trainer's own op.
@@ -236,6 +294,23 @@ mod tests {
         let ones = (0..20_000).filter(|_| choose(&logits, &params(1.0, -1, 1.0), &mut rng) == 1).count();
         let p = ones as f64 / 20_000.0;
         assert!((p - 0.75).abs() < 0.015, "p(1) = {p}");
+    }
+
+    #[test]
+    fn top_k_logprobs_are_the_best_ids_in_order_with_their_log_softmax() {
+        let be = kernels::ReferenceBackend;
+        let logits = [1.0f32, 3.0, 0.5, 3.0, -2.0];
+        let top = top_k_logprobs(&be, &logits, 3);
+        let ids: Vec<u32> = top.iter().map(|&(id, _)| id).collect();
+        assert_eq!(ids, vec![1, 3, 0], "ties go to the lower id");
+        let lse = logits.iter().map(|&x| f64::from(x).exp()).sum::<f64>().ln();
+        for &(id, lp) in &top {
+            assert!((f64::from(lp) - (f64::from(logits[id as usize]) - lse)).abs() < 1e-6, "{top:?}");
+        }
+        assert_eq!(top_k_logprobs(&be, &logits, 9).len(), 5, "k is cut to the vocabulary");
+        let with_nan = [1.0f32, f32::NAN, 0.0];
+        let ids: Vec<u32> = top_k_logprobs(&be, &with_nan, 3).iter().map(|&(id, _)| id).collect();
+        assert_eq!(ids, vec![0, 2], "NaN logits are never alternatives");
     }
 
     #[test]

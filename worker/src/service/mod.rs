@@ -1,0 +1,134 @@
+//! `WorkerService`: one device's executor of control messages (`runtime::control`). It owns the
+//! served base models, the training runs (one LoRA `TrainState` each) and the samplers (a base
+//! model plus an optional frozen adapter), and answers every `Envelope` with exactly one
+//! `FromWorker`. Errors never escape as panics: they become `Failed { category, message }`.
+//!
+//! Generations: an envelope older than the newest generation seen is refused as
+//! `Failed { Server, "stale generation …" }`; a newer one is adopted. Files are written only into
+//! the directories the coordinator names (see `fsio` for how), never elsewhere.
+
+mod checkpoint;
+mod convert;
+mod error;
+mod fsio;
+mod peft;
+mod prompt;
+mod runs;
+mod samplers;
+mod stop;
+
+use std::collections::BTreeMap;
+
+use kernels::CpuBackend;
+use runtime::control::{BaseModelInfo, Envelope, FromWorker, ToWorker};
+use runtime::LoraConfig;
+use tokenizers::Tokenizer;
+
+pub use error::ServiceError;
+
+use crate::adapter::LoraWeights;
+use crate::model::Model;
+use crate::optim::TrainState;
+
+/// A base model this worker serves: what the coordinator advertises, the model, and its tokenizer
+/// (needed only for stop strings).
+pub struct ServedModel {
+    pub info: BaseModelInfo,
+    pub model: Model<CpuBackend>,
+    pub tokenizer: Option<Tokenizer>,
+}
+
+/// One training run's in-memory state.
+struct Run {
+    base_model: String,
+    state: TrainState,
+}
+
+/// One sampler: a base model and, unless it samples the base model alone, a frozen adapter.
+struct Sampler {
+    base_model: String,
+    adapter: Option<(LoraConfig, LoraWeights)>,
+}
+
+/// Executes control messages on the models of one device.
+pub struct WorkerService {
+    generation: u64,
+    models: BTreeMap<String, ServedModel>,
+    runs: BTreeMap<String, Run>,
+    samplers: BTreeMap<String, Sampler>,
+    /// Counts directory writes, naming their temporary siblings uniquely.
+    writes: u64,
+}
+
+impl WorkerService {
+    /// A service at `generation` serving `models`.
+    ///
+    /// # Panics
+    /// When two models share a name (the caller built the catalogue wrong).
+    pub fn new(generation: u64, models: Vec<ServedModel>) -> Self {
+        let mut by_name = BTreeMap::new();
+        for m in models {
+            let name = m.info.name.clone();
+            assert!(by_name.insert(name.clone(), m).is_none(), "base model `{name}` is served twice");
+        }
+        WorkerService { generation, models: by_name, runs: BTreeMap::new(), samplers: BTreeMap::new(), writes: 0 }
+    }
+
+    /// The newest generation seen.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// What the coordinator advertises for each served model, in name order.
+    pub fn model_infos(&self) -> Vec<BaseModelInfo> {
+        self.models.values().map(|m| m.info.clone()).collect()
+    }
+
+    /// Carries out one control message.
+    pub fn handle(&mut self, env: Envelope) -> FromWorker {
+        if env.generation < self.generation {
+            return ServiceError::StaleGeneration { got: env.generation, current: self.generation }.into_reply();
+        }
+        self.generation = env.generation;
+        self.dispatch(env.body).unwrap_or_else(ServiceError::into_reply)
+    }
+
+    fn dispatch(&mut self, body: ToWorker) -> Result<FromWorker, ServiceError> {
+        match body {
+            ToWorker::CreateRun { run, base_model, lora } => self.create_run(run, &base_model, lora),
+            ToWorker::DropRun { run } => {
+                self.runs.remove(&run);
+                Ok(FromWorker::Done)
+            }
+            ToWorker::ForwardBackward { run, data, loss_fn, loss_config, forward_only } => {
+                self.forward_backward(&run, data, &loss_fn, &loss_config, forward_only)
+            }
+            ToWorker::OptimStep { run, adam } => self.optim_step(&run, &adam),
+            ToWorker::SaveState { run, dir, optimizer } => self.save_state(&run, &dir, optimizer),
+            ToWorker::LoadState { run, dir, optimizer } => self.load_state(run, &dir, optimizer),
+            ToWorker::ExportPeft { run, dir } => self.export_peft(&run, &dir),
+            ToWorker::CreateSampler { sampler, base_model, adapter } => {
+                self.create_sampler(sampler, &base_model, adapter)
+            }
+            ToWorker::DropSampler { sampler } => {
+                self.samplers.remove(&sampler);
+                Ok(FromWorker::Done)
+            }
+            ToWorker::Sample(req) => self.sample(&req),
+        }
+    }
+
+    /// The next unique number for a directory write.
+    fn next_write(&mut self) -> u64 {
+        self.writes += 1;
+        self.writes
+    }
+}
+
+/// The served model called `name`.
+fn served<'a>(models: &'a BTreeMap<String, ServedModel>, name: &str) -> Result<&'a ServedModel, ServiceError> {
+    models.get(name).ok_or_else(|| ServiceError::UnknownBaseModel {
+        name: name.to_string(),
+        served: models.keys().cloned().collect::<Vec<_>>().join(", "),
+    })
+}

@@ -1,0 +1,120 @@
+//! Training-run messages: create, forward(_backward), optimizer step, save / load a training
+//! checkpoint, export a PEFT adapter. Each validates fully before touching a run, so a refused
+//! request leaves the run exactly as it was.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use runtime::control::{self, AdamConfig, FromWorker};
+use runtime::LoraConfig;
+
+use super::checkpoint::{read_header, read_state, state_files};
+use super::error::ServiceError;
+use super::fsio::{safetensors_bytes, write_dir};
+use super::peft::{adapter_config, adapter_tensors, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
+use super::{convert, served, Run, WorkerService};
+use crate::adapter::lora_sites;
+use crate::loss::LossFn;
+use crate::optim::TrainState;
+
+impl WorkerService {
+    pub(super) fn create_run(
+        &mut self,
+        run: String,
+        base_model: &str,
+        lora: LoraConfig,
+    ) -> Result<FromWorker, ServiceError> {
+        let served = served(&self.models, base_model)?;
+        let lora =
+            LoraConfig::new(lora.rank, lora.alpha, lora.seed, lora.train_attn, lora.train_mlp, lora.train_unembed)?;
+        if self.runs.contains_key(&run) {
+            return Err(ServiceError::RunExists { run });
+        }
+        let state = TrainState::new(&lora_sites(served.model.config(), &lora), &lora);
+        self.runs.insert(run, Run { base_model: base_model.to_string(), state });
+        Ok(FromWorker::Done)
+    }
+
+    pub(super) fn forward_backward(
+        &mut self,
+        run: &str,
+        data: Vec<control::Datum>,
+        loss_fn: &str,
+        loss_config: &BTreeMap<String, f64>,
+        forward_only: bool,
+    ) -> Result<FromWorker, ServiceError> {
+        let r = self.runs.get_mut(run).ok_or_else(|| ServiceError::UnknownRun { run: run.to_string() })?;
+        let model = &served(&self.models, &r.base_model)?.model;
+        let loss = LossFn::parse(loss_fn, loss_config)?;
+        let data = data.into_iter().enumerate().map(|(i, d)| convert::datum(i, d)).collect::<Result<Vec<_>, _>>()?;
+        let out = if forward_only {
+            r.state.forward(model, &data, &loss)?
+        } else {
+            r.state.forward_backward(model, &data, &loss)?
+        };
+        Ok(FromWorker::ForwardBackward(convert::outputs(&data, out)))
+    }
+
+    pub(super) fn optim_step(&mut self, run: &str, adam: &AdamConfig) -> Result<FromWorker, ServiceError> {
+        let r = self.runs.get_mut(run).ok_or_else(|| ServiceError::UnknownRun { run: run.to_string() })?;
+        let model = &served(&self.models, &r.base_model)?.model;
+        let params = convert::adam(adam)?;
+        let metrics = r.state.optim_step(model.backend(), &params)?;
+        Ok(FromWorker::Optim { metrics: metrics.to_map() })
+    }
+
+    pub(super) fn save_state(&mut self, run: &str, dir: &Path, optimizer: bool) -> Result<FromWorker, ServiceError> {
+        let r = self.runs.get(run).ok_or_else(|| ServiceError::UnknownRun { run: run.to_string() })?;
+        let files = state_files(&r.base_model, &r.state, optimizer)?;
+        let bytes = write_dir(dir, self.next_write(), &files)?;
+        Ok(FromWorker::Saved { bytes })
+    }
+
+    /// Creates `run` from a checkpoint, or replaces the state of an existing `run` (which must be
+    /// on the same base model with the same LoRA shape).
+    pub(super) fn load_state(&mut self, run: String, dir: &Path, optimizer: bool) -> Result<FromWorker, ServiceError> {
+        let header = read_header(dir)?;
+        let served = self.models.get(&header.base_model).ok_or_else(|| {
+            ServiceError::checkpoint(
+                dir,
+                format!(
+                    "it was saved from base model `{}`, which this server does not serve (served: {})",
+                    header.base_model,
+                    self.models.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })?;
+        if let Some(existing) = self.runs.get(&run) {
+            if existing.base_model != header.base_model {
+                return Err(ServiceError::checkpoint(
+                    dir,
+                    format!(
+                        "it was saved from base model `{}`, but training run `{run}` is on `{}`",
+                        header.base_model, existing.base_model
+                    ),
+                ));
+            }
+            let (have, want) = (&existing.state.lora, &header.lora);
+            let shape = |l: &LoraConfig| (l.rank, l.alpha.to_bits(), l.train_attn, l.train_mlp, l.train_unembed);
+            if shape(have) != shape(want) {
+                return Err(ServiceError::checkpoint(
+                    dir,
+                    format!("its LoRA config {want:?} differs from training run `{run}`'s {have:?}"),
+                ));
+            }
+        }
+        let state = read_state(dir, &header, served.model.config(), optimizer)?;
+        self.runs.insert(run, Run { base_model: header.base_model, state });
+        Ok(FromWorker::Done)
+    }
+
+    pub(super) fn export_peft(&mut self, run: &str, dir: &Path) -> Result<FromWorker, ServiceError> {
+        let r = self.runs.get(run).ok_or_else(|| ServiceError::UnknownRun { run: run.to_string() })?;
+        let config = serde_json::to_vec_pretty(&adapter_config(&r.base_model, &r.state.lora))
+            .map_err(|e| ServiceError::Encode { what: ADAPTER_CONFIG, why: e.to_string() })?;
+        let files =
+            [(ADAPTER_CONFIG, config), (ADAPTER_WEIGHTS, safetensors_bytes(&adapter_tensors(&r.state.params, ""))?)];
+        let bytes = write_dir(dir, self.next_write(), &files)?;
+        Ok(FromWorker::Saved { bytes })
+    }
+}
