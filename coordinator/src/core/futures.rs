@@ -1,0 +1,203 @@
+//! `Futures`: the table behind `retrieve_future`. Every asynchronous request gets an id here at
+//! submission; its entry is pending until the worker answers, then holds the result or failure.
+//! Results stay until fetched and for a while after (a 404 on a poll is fatal to the SDK), and
+//! unfetched ones for a day. It also maps `X-Idempotency-Key`s to the request they first created.
+//! Pure bookkeeping: time is the `now_ms` argument.
+
+use std::collections::HashMap;
+
+use runtime::control::{ErrorCategory, ForwardBackwardResult, SampleResult};
+
+/// How long a result stays after its first fetch (the SDK may re-poll after a lost reply).
+pub const RETAIN_AFTER_FETCH_MS: u64 = 10 * 60 * 1000;
+/// How long an unfetched result stays.
+pub const RETAIN_UNFETCHED_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// A finished request's result, before encoding for the wire.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// A JSON result model (CreateModelResponse, OptimStepResponse, SaveWeightsResponse, …).
+    Json(serde_json::Value),
+    /// Encoded as protobuf `ForwardBackwardOutput`.
+    ForwardBackward(ForwardBackwardResult),
+    /// Encoded as protobuf `SampleResponse`.
+    Sample(SampleResult),
+    /// HTTP 200 `{"error", "category"}`.
+    Failed { category: ErrorCategory, message: String },
+}
+
+#[derive(Debug)]
+struct Entry {
+    tenant: String,
+    outcome: Option<Outcome>,
+    completed_ms: Option<u64>,
+    fetched_ms: Option<u64>,
+    idempotency_key: Option<String>,
+}
+
+/// What a poll finds.
+#[derive(Debug, PartialEq)]
+pub enum Poll {
+    Pending,
+    Ready(Outcome),
+    /// No such request for this tenant (never existed, purged, or someone else's).
+    Unknown,
+}
+
+/// Request id → state, tenant-scoped.
+#[derive(Debug)]
+pub struct Futures {
+    /// Distinguishes ids across coordinator restarts (ids are never reused).
+    id_prefix: String,
+    next: u64,
+    entries: HashMap<String, Entry>,
+    /// (tenant, idempotency key) → request id.
+    by_key: HashMap<(String, String), String>,
+}
+
+impl Futures {
+    pub fn new(id_prefix: &str) -> Self {
+        Futures { id_prefix: id_prefix.to_string(), next: 1, entries: HashMap::new(), by_key: HashMap::new() }
+    }
+
+    /// The request id an idempotency key already created, if any.
+    pub fn by_idempotency_key(&self, tenant: &str, key: &str) -> Option<String> {
+        self.by_key.get(&(tenant.to_string(), key.to_string())).cloned()
+    }
+
+    /// Creates a pending request and returns its id.
+    pub fn create(&mut self, tenant: &str, idempotency_key: Option<&str>) -> String {
+        let id = format!("req-{}-{}", self.id_prefix, self.next);
+        self.next += 1;
+        if let Some(key) = idempotency_key {
+            let previous = self.by_key.insert((tenant.to_string(), key.to_string()), id.clone());
+            assert!(previous.is_none(), "idempotency key reused; callers check by_idempotency_key first");
+        }
+        let entry = Entry {
+            tenant: tenant.to_string(),
+            outcome: None,
+            completed_ms: None,
+            fetched_ms: None,
+            idempotency_key: idempotency_key.map(str::to_string),
+        };
+        self.entries.insert(id.clone(), entry);
+        id
+    }
+
+    /// Records a request's result; later completions of the same id are ignored (first wins).
+    pub fn complete(&mut self, request_id: &str, outcome: Outcome, now_ms: u64) {
+        if let Some(entry) = self.entries.get_mut(request_id) {
+            if entry.outcome.is_none() {
+                entry.outcome = Some(outcome);
+                entry.completed_ms = Some(now_ms);
+            }
+        }
+    }
+
+    /// Looks a request up for `tenant`; a ready result is marked fetched.
+    pub fn poll(&mut self, tenant: &str, request_id: &str, now_ms: u64) -> Poll {
+        match self.entries.get_mut(request_id) {
+            Some(entry) if entry.tenant == tenant => match &entry.outcome {
+                None => Poll::Pending,
+                Some(outcome) => {
+                    entry.fetched_ms.get_or_insert(now_ms);
+                    Poll::Ready(outcome.clone())
+                }
+            },
+            _ => Poll::Unknown,
+        }
+    }
+
+    /// Drops results fetched long enough ago and results nobody fetched for a day; returns how many.
+    pub fn purge(&mut self, now_ms: u64) -> usize {
+        let expired: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| match (e.completed_ms, e.fetched_ms) {
+                (_, Some(f)) => now_ms.saturating_sub(f) > RETAIN_AFTER_FETCH_MS,
+                (Some(c), None) => now_ms.saturating_sub(c) > RETAIN_UNFETCHED_MS,
+                (None, None) => false,
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &expired {
+            let entry = self.entries.remove(id).expect("id was just listed");
+            if let Some(key) = entry.idempotency_key {
+                self.by_key.remove(&(entry.tenant, key));
+            }
+        }
+        expired.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok() -> Outcome {
+        Outcome::Json(serde_json::json!({"ok": true}))
+    }
+
+    #[test]
+    fn a_request_is_pending_until_completed_then_ready() {
+        let mut f = Futures::new("t");
+        let id = f.create("alice", None);
+        assert_eq!(f.poll("alice", &id, 0), Poll::Pending);
+        f.complete(&id, ok(), 5);
+        assert_eq!(f.poll("alice", &id, 6), Poll::Ready(ok()));
+    }
+
+    #[test]
+    fn another_tenant_cannot_see_a_request() {
+        let mut f = Futures::new("t");
+        let id = f.create("alice", None);
+        f.complete(&id, ok(), 5);
+        assert_eq!(f.poll("bob", &id, 6), Poll::Unknown);
+        assert_eq!(f.poll("alice", "req-t-999", 6), Poll::Unknown);
+    }
+
+    #[test]
+    fn the_first_completion_wins() {
+        let mut f = Futures::new("t");
+        let id = f.create("alice", None);
+        f.complete(&id, ok(), 1);
+        f.complete(&id, Outcome::Failed { category: ErrorCategory::Server, message: "late".into() }, 2);
+        assert_eq!(f.poll("alice", &id, 3), Poll::Ready(ok()));
+    }
+
+    #[test]
+    fn results_stay_until_fetched_and_a_while_after() {
+        let mut f = Futures::new("t");
+        let fetched = f.create("alice", Some("key-1"));
+        let unfetched = f.create("alice", None);
+        let pending = f.create("alice", None);
+        f.complete(&fetched, ok(), 0);
+        f.complete(&unfetched, ok(), 0);
+        assert_eq!(f.poll("alice", &fetched, 1_000), Poll::Ready(ok()));
+        assert_eq!(f.purge(1_000 + RETAIN_AFTER_FETCH_MS), 0);
+        assert_eq!(f.purge(1_001 + RETAIN_AFTER_FETCH_MS), 1);
+        assert_eq!(f.poll("alice", &fetched, 0), Poll::Unknown);
+        assert_eq!(f.by_idempotency_key("alice", "key-1"), None);
+        assert_eq!(f.purge(RETAIN_UNFETCHED_MS + 1), 1);
+        assert_eq!(f.poll("alice", &pending, RETAIN_UNFETCHED_MS * 9), Poll::Pending);
+        assert_eq!(f.len(), 1);
+    }
+
+    #[test]
+    fn an_idempotency_key_maps_to_its_first_request_per_tenant() {
+        let mut f = Futures::new("t");
+        let id = f.create("alice", Some("k"));
+        assert_eq!(f.by_idempotency_key("alice", "k"), Some(id.clone()));
+        assert_eq!(f.by_idempotency_key("bob", "k"), None);
+        let other = f.create("bob", Some("k"));
+        assert_ne!(id, other);
+    }
+}
