@@ -1,9 +1,11 @@
-//! CPU dense and low-rank linear algebra: matmul_nt/nn through row-tiled gemm (row-invariant),
-//! matmul_tn and the LoRA weight gradients one segment at a time (each segment's product computed
+//! CPU dense and low-rank linear algebra: matmul_nt through the dot-product kernel (row-invariant
+//! by construction, m = 1 costs one matvec), matmul_nn through row-tiled gemm (row-invariant by
+//! fixed tile shapes; only training calls it, at large m, where gemm is fast), matmul_tn and the LoRA weight gradients one segment at a time (each segment's product computed
 //! alone into scratch, then added into the gradient in segment order).
 
 use rayon::prelude::*;
 
+use super::dot_gemm;
 use super::tiled_gemm::{gemm_tn, row_tiled_gemm, Rhs};
 use crate::segments::assert_segments;
 use crate::{LoraDims, MatmulDims};
@@ -15,7 +17,7 @@ const ADD_PER_TASK: usize = 64 * 1024;
 pub fn matmul_nt(y: &mut [f32], x: &[f32], w: &[f32], d: MatmulDims, accumulate: bool) {
     let MatmulDims { m, k, n } = d;
     assert!(y.len() == m * n && x.len() == m * k && w.len() == n * k, "matmul_nt: y (m, n), x (m, k), w (n, k)");
-    row_tiled_gemm(y, x, Rhs { data: w, row_stride: 1, col_stride: k }, m, k, n, accumulate);
+    dot_gemm::matmul_nt(y, x, w, MatmulDims { m, k, n }, accumulate);
 }
 
 /// `dx (m, k) = dy (m, n) · w (n, k)`, or `+=`.

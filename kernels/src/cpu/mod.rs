@@ -1,12 +1,14 @@
-//! The fast CPU backend: dense products through the `gemm` crate on fixed-shape tiles (so rows
-//! stay bit-invariant), everything else parallel over rows with rayon, and every reduction over
+//! The fast CPU backend: `matmul_nt` through our own dot-product kernel (`dot_gemm`, one fixed
+//! chain per output), the other dense products through the `gemm` crate on fixed-shape tiles (so
+//! rows stay bit-invariant), everything else parallel over rows with rayon, and every reduction over
 //! rows done per segment in a fixed order. Results agree with `reference` to the conformance
 //! tolerances; row-wise ops agree bit for bit.
 
 mod attention;
+pub mod dot_gemm;
 mod linear;
 mod rowwise;
-mod tiled_gemm;
+pub mod tiled_gemm;
 
 use crate::{
     ActivationOps, AdamStep, AttentionOps, AttnDims, Backend, EmbeddingOps, LinearOps, LoraDims, LoraOps, MatmulDims,
