@@ -73,23 +73,55 @@ pub struct SamplingConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ToWorker {
     /// Creates a training run's LoRA adapter (A from `lora.seed`, B zero) and optimizer state.
-    CreateRun { run: String, base_model: String, lora: LoraConfig },
+    CreateRun {
+        run: String,
+        base_model: String,
+        lora: LoraConfig,
+    },
     /// Frees a run's in-memory state (its checkpoints on disk are untouched).
-    DropRun { run: String },
+    DropRun {
+        run: String,
+    },
     /// Adds gradients (unless `forward_only`) and returns per-datum outputs and metrics.
-    ForwardBackward { run: String, data: Vec<Datum>, loss_fn: String, loss_config: BTreeMap<String, f64>, forward_only: bool },
+    ForwardBackward {
+        run: String,
+        data: Vec<Datum>,
+        loss_fn: String,
+        loss_config: BTreeMap<String, f64>,
+        forward_only: bool,
+    },
     /// Applies and zeroes the accumulated gradients.
-    OptimStep { run: String, adam: AdamConfig },
+    OptimStep {
+        run: String,
+        adam: AdamConfig,
+    },
     /// Writes the run's adapter (and, with `optimizer`, Adam moments and step) into `dir`.
-    SaveState { run: String, dir: PathBuf, optimizer: bool },
+    SaveState {
+        run: String,
+        dir: PathBuf,
+        optimizer: bool,
+    },
     /// Creates or replaces `run` from a `SaveState` directory; optimizer state too when asked.
-    LoadState { run: String, dir: PathBuf, optimizer: bool },
+    LoadState {
+        run: String,
+        dir: PathBuf,
+        optimizer: bool,
+    },
     /// Writes a standard PEFT adapter (`adapter_config.json` + `adapter_model.safetensors`) into `dir`.
-    ExportPeft { run: String, dir: PathBuf },
+    ExportPeft {
+        run: String,
+        dir: PathBuf,
+    },
     /// Makes a sampler: the base model alone, or with the adapter saved in `adapter_dir`
     /// (a `SaveState` or `ExportPeft` directory), or with a copy of a live run's current adapter.
-    CreateSampler { sampler: String, base_model: String, adapter: SamplerAdapter },
-    DropSampler { sampler: String },
+    CreateSampler {
+        sampler: String,
+        base_model: String,
+        adapter: SamplerAdapter,
+    },
+    DropSampler {
+        sampler: String,
+    },
     Sample(SampleRequest),
 }
 
@@ -181,11 +213,18 @@ pub struct SampleResult {
 pub enum FromWorker {
     Done,
     ForwardBackward(ForwardBackwardResult),
-    Optim { metrics: BTreeMap<String, f64> },
+    Optim {
+        metrics: BTreeMap<String, f64>,
+    },
     /// A state save or export finished: total bytes written.
-    Saved { bytes: u64 },
+    Saved {
+        bytes: u64,
+    },
     Sampled(SampleResult),
-    Failed { category: ErrorCategory, message: String },
+    Failed {
+        category: ErrorCategory,
+        message: String,
+    },
 }
 
 /// A base model a worker serves, as the coordinator advertises it.
