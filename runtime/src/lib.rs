@@ -6,6 +6,7 @@ pub mod control;
 pub mod error;
 pub mod lora;
 pub mod model_config;
+pub mod wire;
 
 pub use error::ConfigError;
 pub use lora::LoraConfig;
