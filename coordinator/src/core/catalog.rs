@@ -65,6 +65,11 @@ impl Catalog {
         self.runs.contains_key(id)
     }
 
+    /// The owner of a run, for code that already holds a run id it checked.
+    pub fn run_tenant(&self, id: &str) -> Option<String> {
+        self.runs.get(id).map(|r| r.tenant.clone())
+    }
+
     pub fn touch_run(&mut self, id: &str, now_ms: u64) {
         if let Some(r) = self.runs.get_mut(id) {
             r.last_request_ms = r.last_request_ms.max(now_ms);

@@ -108,8 +108,8 @@ impl Futures {
         }
     }
 
-    /// Drops results fetched long enough ago and results nobody fetched for a day; returns how many.
-    pub fn purge(&mut self, now_ms: u64) -> usize {
+    /// Drops results fetched long enough ago and results nobody fetched for a day; returns their ids.
+    pub fn purge(&mut self, now_ms: u64) -> Vec<String> {
         let expired: Vec<String> = self
             .entries
             .iter()
@@ -126,7 +126,7 @@ impl Futures {
                 self.by_key.remove(&(entry.tenant, key));
             }
         }
-        expired.len()
+        expired
     }
 
     pub fn len(&self) -> usize {
@@ -182,11 +182,11 @@ mod tests {
         f.complete(&fetched, ok(), 0);
         f.complete(&unfetched, ok(), 0);
         assert_eq!(f.poll("alice", &fetched, 1_000), Poll::Ready(ok()));
-        assert_eq!(f.purge(1_000 + RETAIN_AFTER_FETCH_MS), 0);
-        assert_eq!(f.purge(1_001 + RETAIN_AFTER_FETCH_MS), 1);
+        assert!(f.purge(1_000 + RETAIN_AFTER_FETCH_MS).is_empty());
+        assert_eq!(f.purge(1_001 + RETAIN_AFTER_FETCH_MS), vec![fetched.clone()]);
         assert_eq!(f.poll("alice", &fetched, 0), Poll::Unknown);
         assert_eq!(f.by_idempotency_key("alice", "key-1"), None);
-        assert_eq!(f.purge(RETAIN_UNFETCHED_MS + 1), 1);
+        assert_eq!(f.purge(RETAIN_UNFETCHED_MS + 1), vec![unfetched.clone()]);
         assert_eq!(f.poll("alice", &pending, RETAIN_UNFETCHED_MS * 9), Poll::Pending);
         assert_eq!(f.len(), 1);
     }

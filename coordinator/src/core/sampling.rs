@@ -122,7 +122,8 @@ fn sampling_config(
     let max_tokens = p.max_tokens.ok_or("sampling_params.max_tokens is required")?;
     if max_tokens < 1 || max_tokens as usize > room {
         return Err(format!(
-            "sampling_params.max_tokens: {max_tokens} is not in 1..={room} (context {} minus a {prompt_len}-token prompt)",
+            "sampling_params.max_tokens: {max_tokens} is not in 1..={room} \
+             (context {} minus a {prompt_len}-token prompt)",
             limits.max_context_length
         ));
     }
@@ -216,7 +217,8 @@ mod tests {
     }
 
     fn base() -> Value {
-        json!({"num_samples":2,"prompt":{"chunks":[{"tokens":[1,2],"type":"encoded_text"},{"tokens":[3],"type":"encoded_text"}]},
+        let chunks = json!([{"tokens":[1,2],"type":"encoded_text"},{"tokens":[3],"type":"encoded_text"}]);
+        json!({"num_samples":2,"prompt":{"chunks":chunks},
                "sampling_params":{"max_tokens":4,"seed":42,"stop":["\n"],"temperature":0.7,"top_k":50,"top_p":0.9},
                "sampling_session_id":"s:sample:0","seq_id":0,"prompt_logprobs":true,"topk_prompt_logprobs":2,
                "topk_sample_logprobs":2,"prompt_alt_tokens_k":0,"record_stability_info":false,"type":"sample"})

@@ -54,6 +54,16 @@ impl<T> Sequencer<T> {
         Submitted::Accepted(released)
     }
 
+    /// The request id a `seq_id` was first accepted under, if it was.
+    pub fn seen(&self, seq_id: u64) -> Option<&str> {
+        self.seen.get(&seq_id).map(String::as_str)
+    }
+
+    /// The lowest `seq_id` this run accepts.
+    pub fn first_seq_id(&self) -> u64 {
+        self.first_seq_id
+    }
+
     /// The `seq_id` that will be released next (everything below it has been).
     pub fn next_seq_id(&self) -> u64 {
         self.next_seq_id
@@ -113,6 +123,7 @@ mod tests {
         assert_eq!(s.submit(2, "retry", 99), Submitted::Duplicate("held".into()));
         released(s.submit(1, "done", 1));
         assert_eq!(s.submit(1, "retry", 99), Submitted::Duplicate("done".into()));
+        assert_eq!((s.seen(1), s.seen(2), s.seen(3)), (Some("done"), Some("held"), None));
         assert_eq!(s.next_seq_id(), 3);
     }
 
