@@ -140,7 +140,7 @@ async fn execute(app: &Arc<App>, run: &str, action: Action) -> Outcome {
             }
         }
         Action::Optim(adam) => match app.call(ToWorker::OptimStep { run: run.to_string(), adam }).await {
-            FromWorker::Optim { metrics } => Outcome::Json(json!({"metrics": metrics, "type": "optim_step"})),
+            FromWorker::Optim { metrics } => Outcome::Json(json!({ "metrics": metrics })),
             other => failed(other),
         },
         Action::Save { kind, name, overwrite, ttl_ms, user_metadata } => {
@@ -258,7 +258,7 @@ pub fn tick(app: &Arc<App>) {
         let ended = shared.sessions.expire(now);
         let expired = shared.catalog.expired(now);
         for id in shared.futures.purge(now) {
-            shared.replies.remove(&id);
+            shared.forget(&id);
         }
         (ended, expired)
     };

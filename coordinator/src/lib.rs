@@ -129,6 +129,7 @@ fn build_app(
         live: Default::default(),
         samplers: Default::default(),
         replies: Default::default(),
+        reply_slots: Default::default(),
         journal,
     };
     let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{local}"));

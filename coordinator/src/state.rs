@@ -73,6 +73,8 @@ pub struct Shared {
     /// Replies of submissions, for answering retries identically: "idem:<tenant>:<key>",
     /// "create:<run>", "sample:<sampler>:<seq>" → reply JSON.
     pub replies: HashMap<String, serde_json::Value>,
+    /// request id → its slots in `replies`, forgotten together with the request's future.
+    pub reply_slots: HashMap<String, Vec<String>>,
     pub journal: Journal,
 }
 
@@ -120,6 +122,19 @@ impl App {
 }
 
 impl Shared {
+    /// Remembers the reply of `request_id` under `slot`, so a retry gets the same answer.
+    pub fn remember(&mut self, request_id: &str, slot: String, reply: &serde_json::Value) {
+        self.reply_slots.entry(request_id.to_string()).or_default().push(slot.clone());
+        self.replies.insert(slot, reply.clone());
+    }
+
+    /// Forgets every remembered reply of a request whose future was purged.
+    pub fn forget(&mut self, request_id: &str) {
+        for slot in self.reply_slots.remove(request_id).unwrap_or_default() {
+            self.replies.remove(&slot);
+        }
+    }
+
     /// Appends to the journal; a failed write is a server error the caller reports.
     pub fn record(&mut self, event: &Event) -> Result<(), String> {
         self.journal

@@ -156,7 +156,7 @@ pub async fn asample(
     let ids: Vec<String> = (0..num_samples).map(|i| format!("{request_id}:{i}")).collect();
     let reply = json!({"request_id": request_id, "sample_sequence_ids": ids});
     for key in idem.into_iter().chain([slot]) {
-        shared.replies.insert(key, reply.clone());
+        shared.remember(&request_id, key, &reply);
     }
     drop(shared);
     match to_control(&req, &sampler, limits, default_seed(&sampler, seq_id)) {

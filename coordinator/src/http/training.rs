@@ -105,7 +105,7 @@ fn submit_sequenced(
     }
     let reply = json!({"request_id": request_id, "model_id": model_id});
     if let Some(k) = idem {
-        shared.replies.insert(k, reply.clone());
+        shared.remember(&request_id, k, &reply);
     }
     drop(shared);
     for id in lost {
@@ -132,7 +132,7 @@ fn create_live_run(app: &Arc<App>, shared: &mut Shared, record: RunRecord, first
     })?;
     shared.live.insert(id.clone(), LiveRun { sequencer: Sequencer::new(1), queue });
     let reply = json!({"request_id": request_id, "model_id": id});
-    shared.replies.insert(format!("create:{id}"), reply.clone());
+    shared.remember(&request_id, format!("create:{id}"), &reply);
     Ok(reply)
 }
 
