@@ -29,6 +29,10 @@ pub const LANES: usize = 8;
 const W_PANEL_FLOATS: usize = 32 * 1024;
 /// Rows of x per task when m is large (a multiple of the 3-row register block).
 const ROWS_PER_TASK: usize = 96;
+/// Below this many multiply-adds (m·n·k) a call runs on the calling thread: a rayon fork-join
+/// costs microseconds (far more when a core is busy elsewhere) and decode makes ~100 tiny calls
+/// per step. Only scheduling changes; every chain is the same.
+const SERIAL_BELOW_FMAS: usize = 256 * 1024;
 
 /// The chains of a few rows of x against a contiguous panel of w rows, register-blocked inside;
 /// every output by the same chain (module doc) whatever `R`, the panel or its place in a block.
@@ -99,7 +103,7 @@ fn run<K: DotKernel>(kernel: K, y: &mut [f32], x: &[f32], w: &[f32], d: MatmulDi
     let (row_tasks, col_tasks) = (m.div_ceil(rows_per_task), n.div_ceil(cols_per_task));
     let out = OutRows { ptr: y.as_mut_ptr(), m, n };
     // Column-panel-major order: neighbouring tasks share a w panel (the operand kept in cache).
-    (0..row_tasks * col_tasks).into_par_iter().for_each(|t| {
+    let task = |t: usize| {
         let (rt, ct) = (t % row_tasks, t / row_tasks);
         let rows = rt * rows_per_task..m.min((rt + 1) * rows_per_task);
         let cols = ct * cols_per_task..n.min((ct + 1) * cols_per_task);
@@ -117,7 +121,12 @@ fn run<K: DotKernel>(kernel: K, y: &mut [f32], x: &[f32], w: &[f32], d: MatmulDi
             out.write_rows(i, cols.clone(), sums, accumulate);
             i += r;
         }
-    });
+    };
+    if m * n * k < SERIAL_BELOW_FMAS {
+        (0..row_tasks * col_tasks).for_each(task);
+    } else {
+        (0..row_tasks * col_tasks).into_par_iter().for_each(task);
+    }
 }
 
 /// `y`'s pointer shared by the tasks; each task writes only its own rectangle.
