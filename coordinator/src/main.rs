@@ -13,6 +13,8 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Serve the Tinker API with in-process workers (the official tinker SDK works unchanged).
+    Serve(cli::serve::ServeArgs),
     /// Measure train-step, forward and sampling throughput (JSON lines, comparable to bench_torch_peft.py).
     Bench(cli::bench::BenchArgs),
     /// List known models, or fetch one into the local cache.
@@ -44,6 +46,7 @@ fn main() -> std::process::ExitCode {
 
 fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
+        Cmd::Serve(s) => cli::serve::run(&s)?,
         Cmd::Bench(b) => cli::bench::run(&b)?,
         Cmd::Models { action: None | Some(ModelsCmd::List) } => cli::models::list(),
         Cmd::Models { action: Some(ModelsCmd::Fetch { name }) } => cli::models::fetch(&name)?,

@@ -6,3 +6,4 @@ pub mod catalog;
 pub mod fetch;
 pub mod load_monitor;
 pub mod models;
+pub mod serve;

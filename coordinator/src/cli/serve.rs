@@ -1,0 +1,187 @@
+//! `lathe serve`: the whole service in one process. Resolves and loads the models, starts the
+//! worker on its own thread behind an in-process `WorkerLink`, prints how to reach it, and runs
+//! the coordinator's HTTP API until the process is stopped. Without `--api-keys` it only binds a
+//! loopback address and accepts any `tml-` key as one local tenant.
+
+pub mod link;
+pub mod resolve;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use kernels::CpuBackend;
+use runtime::clock::SystemClock;
+use worker::model::Model;
+use worker::service::{ServedModel, WorkerService};
+
+use self::link::InProcessLink;
+use self::resolve::{Resolved, Spec};
+use super::catalog;
+
+/// The worker's starting placement generation. The worker refuses only generations older than the
+/// one it serves, so starting at 0 accepts whatever generation the coordinator stamps.
+const GENERATION: u64 = 0;
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Without --api-keys only loopback addresses are allowed.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    pub listen: SocketAddr,
+    /// A model to serve (repeatable): a name from `lathe models`, `tiny/llama3`, a .gguf file or an
+    /// HF directory, or NAME=PATH. Default: HuggingFaceTB/SmolLM2-135M-Instruct, tiny/llama3, tiny/qwen3.
+    #[arg(long = "model")]
+    pub models: Vec<String>,
+    /// Where runs, checkpoints and exports live; a restart with the same directory keeps them.
+    /// Default: $LATHE_DATA, else ~/.local/share/lathe.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// File mapping API keys to tenants. Without it: loopback only, any `tml-` key, one tenant.
+    #[arg(long)]
+    pub api_keys: Option<PathBuf>,
+    /// The base URL clients reach this server at, used in signed download URLs
+    /// (default: http://<listen address>).
+    #[arg(long)]
+    pub public_url: Option<String>,
+}
+
+pub fn run(args: &ServeArgs) -> Result<()> {
+    check_exposure(args.listen, args.api_keys.is_some())?;
+    if let Some(keys) = &args.api_keys {
+        if !keys.is_file() {
+            bail!("--api-keys {}: no such file; create it or leave the flag out to serve on loopback", keys.display());
+        }
+    }
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating the data directory {}; pass a writable --data-dir", data_dir.display()))?;
+
+    let specs = if args.models.is_empty() { resolve::default_specs() } else { args.models.clone() };
+    let specs: Vec<Spec> = specs.iter().map(|s| resolve::parse_spec(s)).collect::<Result<_>>()?;
+    let hf_cache = catalog::models_dir().join("hf");
+    let mut served = Vec::with_capacity(specs.len());
+    for spec in &specs {
+        let model = into_served(resolve::load(spec, &hf_cache)?)?;
+        if served.iter().any(|m: &ServedModel| m.info.name == model.info.name) {
+            bail!(
+                "model `{}` is given twice; use NAME=PATH to serve a second copy under another name",
+                model.info.name
+            );
+        }
+        served.push(model);
+    }
+    let infos: Vec<_> = served.iter().map(|m| m.info.clone()).collect();
+    let names: Vec<String> = infos.iter().map(|m| m.name.clone()).collect();
+
+    let mut service = WorkerService::new(GENERATION, served);
+    let link =
+        InProcessLink::spawn("lathe-worker", move |msg| service.handle(msg)).context("starting the worker thread")?;
+
+    let base_url = args.public_url.clone().unwrap_or_else(|| format!("http://{}", args.listen));
+    print!("{}", banner(&base_url, args.api_keys.is_some(), &names, &data_dir));
+
+    let config = coordinator::ServeConfig {
+        listen: args.listen,
+        data_dir,
+        api_keys: args.api_keys.clone(),
+        public_url: args.public_url.clone(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("lathe-http")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(coordinator::serve(config, infos, Arc::new(link), Arc::new(SystemClock)))?;
+    Ok(())
+}
+
+fn into_served(r: Resolved) -> Result<ServedModel> {
+    let tokenizer = match &r.tokenizer_json {
+        Some(text) => Some(worker::load::tokenizer_from_json(text)?),
+        None => None,
+    };
+    let model = Model::new(r.config, r.weights, CpuBackend)
+        .with_context(|| format!("building model `{}` from its weights", r.info.name))?;
+    Ok(ServedModel { info: r.info, model, tokenizer })
+}
+
+/// Refuses to expose a keyless server beyond this machine.
+fn check_exposure(listen: SocketAddr, has_keys: bool) -> Result<()> {
+    if !has_keys && !listen.ip().is_loopback() {
+        bail!(
+            "refusing to listen on {listen} without --api-keys: a keyless server accepts any `tml-` key, so it \
+             only binds loopback (e.g. --listen 127.0.0.1:{}); pass --api-keys FILE to serve other hosts",
+            listen.port()
+        );
+    }
+    Ok(())
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("LATHE_DATA") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local").join("share").join("lathe")
+}
+
+/// What `lathe serve` prints on start: the URL, the key policy, the models and an SDK snippet.
+fn banner(base_url: &str, keyed: bool, models: &[String], data_dir: &std::path::Path) -> String {
+    let key_line = if keyed {
+        "API keys: from --api-keys; each key acts for its tenant only".to_string()
+    } else {
+        "API keys: none configured, so any key starting with `tml-` is accepted, all as one local tenant \
+         (loopback only)"
+            .to_string()
+    };
+    let first = models.first().map(String::as_str).unwrap_or("tiny/llama3");
+    format!(
+        "lathe serving the Tinker API at {base_url}\n\
+         {key_line}\n\
+         models: {}\n\
+         data: {}\n\
+         \n\
+         Use it from the official SDK (pip install tinker==0.38.0):\n\
+         \x20 export TINKER_BASE_URL={base_url}\n\
+         \x20 export TINKER_API_KEY=tml-local\n\
+         \n\
+         \x20 import tinker\n\
+         \x20 from tinker import types\n\
+         \x20 sc = tinker.ServiceClient()\n\
+         \x20 tc = sc.create_lora_training_client(base_model=\"{first}\", rank=8)\n\
+         \x20 s = tc.save_weights_and_get_sampling_client()\n\
+         \x20 print(s.sample(types.ModelInput.from_ints([1, 2, 3]), 1, types.SamplingParams(max_tokens=8)).result())\n",
+        models.join(", "),
+        data_dir.display(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_keyless_server_may_bind_loopback_only() {
+        assert!(check_exposure("127.0.0.1:8000".parse().unwrap(), false).is_ok());
+        assert!(check_exposure("[::1]:8000".parse().unwrap(), false).is_ok());
+        let err = check_exposure("0.0.0.0:8000".parse().unwrap(), false).unwrap_err().to_string();
+        assert!(err.contains("--api-keys"), "{err}");
+        assert!(err.contains("127.0.0.1:8000"), "{err}");
+        assert!(check_exposure("0.0.0.0:8000".parse().unwrap(), true).is_ok());
+    }
+
+    #[test]
+    fn the_banner_names_the_url_the_key_policy_and_a_served_model() {
+        let models = vec!["tiny/llama3".to_string(), "tiny/qwen3".to_string()];
+        let text = banner("http://127.0.0.1:9", false, &models, std::path::Path::new("/d"));
+        assert!(text.contains("at http://127.0.0.1:9\n"), "{text}");
+        assert!(text.contains("export TINKER_BASE_URL=http://127.0.0.1:9"), "{text}");
+        assert!(text.contains("export TINKER_API_KEY=tml-"), "{text}");
+        assert!(text.contains("any key starting with `tml-` is accepted"), "{text}");
+        assert!(text.contains("base_model=\"tiny/llama3\""), "{text}");
+        assert!(text.contains("models: tiny/llama3, tiny/qwen3"), "{text}");
+        let keyed = banner("http://h:1", true, &models, std::path::Path::new("/d"));
+        assert!(!keyed.contains("any key starting"), "{keyed}");
+    }
+}
