@@ -149,8 +149,8 @@ fn banner(base_url: &str, keyed: bool, models: &[String], data_dir: &std::path::
          \x20 import tinker\n\
          \x20 from tinker import types\n\
          \x20 sc = tinker.ServiceClient()\n\
-         \x20 tc = sc.create_lora_training_client(base_model=\"{first}\", rank=8)\n\
-         \x20 s = tc.save_weights_and_get_sampling_client()\n\
+         \x20 tc = sc.create_lora_training_client(base_model=\"{first}\", rank=8).result()\n\
+         \x20 s = tc.save_weights_and_get_sampling_client().result()\n\
          \x20 print(s.sample(types.ModelInput.from_ints([1, 2, 3]), 1, types.SamplingParams(max_tokens=8)).result())\n",
         models.join(", "),
         data_dir.display(),
@@ -179,7 +179,7 @@ mod tests {
         assert!(text.contains("export TINKER_BASE_URL=http://127.0.0.1:9"), "{text}");
         assert!(text.contains("export TINKER_API_KEY=tml-"), "{text}");
         assert!(text.contains("any key starting with `tml-` is accepted"), "{text}");
-        assert!(text.contains("base_model=\"tiny/llama3\""), "{text}");
+        assert!(text.contains("base_model=\"tiny/llama3\", rank=8).result()"), "{text}");
         assert!(text.contains("models: tiny/llama3, tiny/qwen3"), "{text}");
         let keyed = banner("http://h:1", true, &models, std::path::Path::new("/d"));
         assert!(!keyed.contains("any key starting"), "{keyed}");

@@ -78,31 +78,56 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log_path: Path) -> None:
     )
 
 
-@pytest.fixture(scope="session", autouse=True)
-def server(tmp_path_factory) -> Server:
+def lathe_binary() -> Path:
     binary = Path(os.environ.get("LATHE_BIN", REPO / "target" / "release" / "lathe"))
     if not binary.is_file():
         pytest.exit(f"{binary} not found: build it with `cargo build --release -p coordinator` or set LATHE_BIN", 2)
-    root = tmp_path_factory.mktemp("lathe")
-    data_dir, home = root / "data", root / "home"
-    home.mkdir()
-    port = free_port()
+    return binary
+
+
+def start_lathe(root: Path, extra_args: list[str], port: int | None = None) -> tuple[subprocess.Popen, str, Path]:
+    """Starts `lathe serve --listen 127.0.0.1:<port> --data-dir <root>/data <extra_args>` and waits for healthz.
+    The server keeps the caller's original HOME (the model cache lives there)."""
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
-    log_path = root / "serve.log"
-    server_env = dict(os.environ)  # the caller's HOME: the model cache lives there
-    server_env.setdefault("RUST_BACKTRACE", "1")
+    log_path = root / f"serve-{port}.log"
+    env = dict(_ORIGINAL_ENV)
+    env.setdefault("RUST_BACKTRACE", "1")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [str(binary), "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=server_env,
+            [str(lathe_binary()), "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(root / "data"),
+             *extra_args],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
         )
-    proxy = None
     try:
         _wait_healthy(url, proc, log_path)
-        proxy = RecordingProxy(port)
+    except BaseException:
+        stop_lathe(proc)
+        raise
+    return proc, url, log_path
+
+
+def stop_lathe(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+_ORIGINAL_ENV = dict(os.environ)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def server(tmp_path_factory) -> Server:
+    root = tmp_path_factory.mktemp("lathe")
+    home = root / "home"
+    home.mkdir()
+    proc, url, log_path = start_lathe(root, [])
+    proxy = None
+    try:
+        proxy = RecordingProxy(int(url.rsplit(":", 1)[1]))
         os.environ.update(
             {
                 "TINKER_BASE_URL": proxy.url,
@@ -112,16 +137,11 @@ def server(tmp_path_factory) -> Server:
                 "TINKER_TELEMETRY": "0",
             }
         )
-        yield Server(url=url, proxy=proxy, data_dir=data_dir, log_path=log_path, process=proc)
+        yield Server(url=url, proxy=proxy, data_dir=root / "data", log_path=log_path, process=proc)
     finally:
         if proxy is not None:
             proxy.stop()
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_lathe(proc)
         print(f"\nlathe serve log {log_path} (tail):\n{log_path.read_text(errors='replace')[-2000:]}")
 
 
