@@ -2,7 +2,9 @@
 
 This script owns every file under ops/golden/fixtures/. It builds two tiny random models
 (tiny-llama3, tiny-qwen3) with a PEFT LoRA adapter and records logits, logprobs, the summed
-cross-entropy loss, every LoRA gradient and a 10-step AdamW trajectory; and it loads the real
+cross-entropy loss, every LoRA gradient and a 10-step AdamW trajectory; it does the same for a
+tiny Qwen3-MoE (tiny-qwen3-moe) whose expert LoRA uses lathe's shared-outer layout, computed by the
+hand-written forward in qwen3_moe_lora.py and checked against transformers; and it loads the real
 SmolLM2-135M-Instruct GGUF to record a loss, a greedy generation and tensor probes for the Rust
 GGUF loader. It never downloads anything: HF_HUB_OFFLINE=1 is forced before transformers loads.
 
@@ -522,6 +524,372 @@ def generate_tiny(name: str, config, out_root: Path) -> dict:
 
 
 # -------------------------------------------------------------------------------------------------
+# A2. Tiny Qwen3-MoE with lathe's shared-outer expert LoRA (hand-written forward; PEFT has no such layout)
+
+MOE_EXPERT_NAMES = ("gate_proj", "up_proj", "down_proj")
+# The smallest allowed gap between the k-th and (k+1)-th router probability of any token, at the initial adapter
+# and before every trajectory step. A smaller gap would let 1e-6 of float noise pick a different expert.
+MOE_MIN_ROUTING_GAP = 1e-4
+
+
+def tiny_qwen3_moe_config():
+    from transformers import Qwen3MoeConfig
+
+    return Qwen3MoeConfig(
+        vocab_size=256,
+        hidden_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        intermediate_size=96,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        norm_topk_prob=True,
+        decoder_sparse_step=1,
+        mlp_only_layers=[1],
+        rms_norm_eps=1e-6,
+        rope_theta=1e6,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        initializer_range=0.1,
+        attention_bias=False,
+        hidden_act="silu",
+        use_sliding_window=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=None,
+    )
+
+
+def moe_config_dict(out_dir: Path) -> dict:
+    """config.json as written, with `num_experts` filled in (transformers 5 writes `num_local_experts`)."""
+    config = json.loads((out_dir / "config.json").read_text())
+    config["num_experts"] = config.get("num_experts", config.get("num_local_experts"))
+    assert config["num_experts"] == 4, config
+    return config
+
+
+def check_moe_checkpoint_names(model, out_dir: Path, config: dict) -> dict:
+    """model.safetensors must hold per-expert hub names whose gate/up halves are HF's fused gate_up_proj."""
+    saved = load_file(out_dir / "model.safetensors")
+    i_moe = config["moe_intermediate_size"]
+    state = model.state_dict()
+    names = {"per_expert": 0, "router": 0}
+    for n in range(config["num_hidden_layers"]):
+        layer = f"model.layers.{n}.mlp"
+        if f"{layer}.experts.gate_up_proj" not in state:
+            assert f"{layer}.gate_proj.weight" in saved, f"layer {n} is neither MoE nor dense"
+            continue
+        assert not any(k.startswith(f"{layer}.experts.") and k.count(".") == 5 for k in saved), "fused expert names"
+        fused_gate_up = state[f"{layer}.experts.gate_up_proj"]  # (E, 2 * I_moe, H)
+        fused_down = state[f"{layer}.experts.down_proj"]  # (E, H, I_moe)
+        for e in range(config["num_experts"]):
+            assert torch.equal(saved[f"{layer}.experts.{e}.gate_proj.weight"], fused_gate_up[e, :i_moe])
+            assert torch.equal(saved[f"{layer}.experts.{e}.up_proj.weight"], fused_gate_up[e, i_moe:])
+            assert torch.equal(saved[f"{layer}.experts.{e}.down_proj.weight"], fused_down[e])
+            names["per_expert"] += 3
+        router = saved[f"{layer}.gate.weight"]  # (E, H)
+        assert router.abs().sum() > 0, "router weight is still its zero placeholder"
+        names["router"] += 1
+    assert not any("gate_up_proj" in k for k in saved), "save_pretrained wrote fused expert tensors"
+    return names
+
+
+def hf_from_disk(out_dir: Path):
+    from transformers import AutoModelForCausalLM
+
+    with tempfile.TemporaryDirectory() as base_dir:
+        for f in ["config.json", "model.safetensors"]:
+            shutil.copy(out_dir / f, Path(base_dir) / f)
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, attn_implementation="eager")
+    model.eval()
+    return model
+
+
+def hf_logits(model, sequences) -> list:
+    return [model(input_ids=torch.tensor([s["tokens"]], dtype=torch.long)).logits[0] for s in sequences]
+
+
+def moe_forward_sequences(ref, sequences) -> tuple:
+    """Like forward_sequences, on the hand-written model. Also returns each sequence's routing records."""
+    loss = torch.zeros((), dtype=torch.float32)
+    all_logits, all_logprobs, routing = [], [], []
+    for seq in sequences:
+        targets = torch.tensor(seq["targets"], dtype=torch.long)  # (len,)
+        weights = torch.tensor(seq["weights"], dtype=torch.float32)  # (len,)
+        logits = ref.forward(seq["tokens"])  # (len, vocab)
+        logprobs = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]  # (len,)
+        loss = loss + (-weights * logprobs).sum()
+        all_logits.append(logits)
+        all_logprobs.append(logprobs)
+        routing.append(ref.routing)
+    return loss.reshape(1), all_logits, all_logprobs, routing
+
+
+def min_routing_gap(routing) -> float:
+    """Smallest p_(k) - p_(k+1) over every token of every MoE layer of every sequence."""
+    gap = math.inf
+    for per_seq in routing:
+        for rec in per_seq:
+            k = rec["top_k_index"].shape[1]
+            ordered = torch.sort(rec["probs"], dim=-1, descending=True).values  # (T, E)
+            gap = min(gap, float((ordered[:, k - 1] - ordered[:, k]).min()))
+    return gap
+
+
+def moe_base_check(out_dir: Path, config: dict, base_weights: dict, sequences) -> dict:
+    """At the base (no LoRA), the hand-written forward must equal transformers' logits to 1e-6."""
+    from qwen3_moe_lora import Qwen3MoeLora
+
+    hf = hf_from_disk(out_dir)
+    ref = Qwen3MoeLora(config, base_weights, {}, LORA_RANK, LORA_ALPHA)
+    with torch.no_grad():
+        want = hf_logits(hf, sequences)
+        got = [ref.forward(s["tokens"]) for s in sequences]
+    diff = max(float((g - w).abs().max()) for g, w in zip(got, want))
+    assert diff <= 1e-6, f"hand-written Qwen3-MoE forward differs from transformers at the base by {diff}"
+    return {"max_logit_diff": diff}
+
+
+def merged_lora_check(out_dir: Path, config: dict, lora: dict, expected: dict, sequences) -> dict:
+    """Fold every LoRA delta into transformers' own weights; its logits and, through the chain rule, its weight
+    gradients must reproduce the hand-written model's logits and LoRA gradients."""
+    s = LORA_ALPHA / LORA_RANK
+    i_moe = config["moe_intermediate_size"]
+    hf = hf_from_disk(out_dir)
+    params = dict(hf.named_parameters())
+    with torch.no_grad():
+        for key, a in lora.items():
+            module = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+            if not key.endswith(".lora_A.weight") or ".experts." in key:
+                continue
+            b = lora[f"base_model.model.{module}.lora_B.weight"]  # (out, r)
+            params[f"{module}.weight"].add_(s * (b @ a))
+        for n in range(config["num_hidden_layers"]):
+            p = f"base_model.model.model.layers.{n}.mlp.experts"
+            if f"{p}.gate_proj.lora_A.weight" not in lora:
+                continue
+            gate_up = params[f"model.layers.{n}.mlp.experts.gate_up_proj"]  # (E, 2 * I_moe, H)
+            down = params[f"model.layers.{n}.mlp.experts.down_proj"]  # (E, H, I_moe)
+            for e in range(config["num_experts"]):
+                gate_up[e, :i_moe] += s * (
+                    lora[f"{p}.{e}.gate_proj.lora_B.weight"] @ lora[f"{p}.gate_proj.lora_A.weight"]
+                )
+                gate_up[e, i_moe:] += s * (lora[f"{p}.{e}.up_proj.lora_B.weight"] @ lora[f"{p}.up_proj.lora_A.weight"])
+                down[e] += s * (lora[f"{p}.down_proj.lora_B.weight"] @ lora[f"{p}.{e}.down_proj.lora_A.weight"])
+    for p in hf.parameters():
+        p.requires_grad_(True)
+        p.grad = None
+    loss = torch.zeros((), dtype=torch.float32)
+    logits = hf_logits(hf, sequences)
+    for seq, lg in zip(sequences, logits):
+        lp = torch.log_softmax(lg, dim=-1).gather(1, torch.tensor(seq["targets"])[:, None])[:, 0]  # (len,)
+        loss = loss - (torch.tensor(seq["weights"], dtype=torch.float32) * lp).sum()
+    loss.backward()
+    logit_diff = max(float((lg.detach() - expected[f"logits.{i}"]).abs().max()) for i, lg in enumerate(logits))
+    assert logit_diff < 1e-4, f"merged-weight logits differ from the LoRA forward by {logit_diff}"
+
+    # d loss / d A = s * B.T @ dW and d loss / d B = s * dW @ A.T for W + s * B @ A; sum over experts where shared.
+    chained = {}
+    with torch.no_grad():
+        for key, a in lora.items():
+            if ".experts." in key or not key.endswith(".lora_A.weight"):
+                continue
+            module = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+            key_b = f"base_model.model.{module}.lora_B.weight"
+            dw = params[f"{module}.weight"].grad  # (out, in)
+            chained[key] = s * lora[key_b].T @ dw
+            chained[key_b] = s * dw @ a.T
+        for n in range(config["num_hidden_layers"]):
+            p = f"base_model.model.model.layers.{n}.mlp.experts"
+            if f"{p}.gate_proj.lora_A.weight" not in lora:
+                continue
+            d_gate_up = params[f"model.layers.{n}.mlp.experts.gate_up_proj"].grad  # (E, 2 * I_moe, H)
+            d_down = params[f"model.layers.{n}.mlp.experts.down_proj"].grad  # (E, H, I_moe)
+            for proj, rows in [("gate_proj", slice(0, i_moe)), ("up_proj", slice(i_moe, 2 * i_moe))]:
+                shared_a = lora[f"{p}.{proj}.lora_A.weight"]  # (r, H)
+                chained[f"{p}.{proj}.lora_A.weight"] = sum(
+                    s * lora[f"{p}.{e}.{proj}.lora_B.weight"].T @ d_gate_up[e, rows]
+                    for e in range(config["num_experts"])
+                )
+                for e in range(config["num_experts"]):
+                    chained[f"{p}.{e}.{proj}.lora_B.weight"] = s * d_gate_up[e, rows] @ shared_a.T
+            shared_b = lora[f"{p}.down_proj.lora_B.weight"]  # (H, r)
+            chained[f"{p}.down_proj.lora_B.weight"] = sum(
+                s * d_down[e] @ lora[f"{p}.{e}.down_proj.lora_A.weight"].T for e in range(config["num_experts"])
+            )
+            for e in range(config["num_experts"]):
+                chained[f"{p}.{e}.down_proj.lora_A.weight"] = s * shared_b.T @ d_down[e]
+    assert sorted(chained) == sorted(lora), sorted(set(chained) ^ set(lora))
+    worst = 0.0
+    for key, g in chained.items():
+        want = expected[f"grad.{key}"]
+        rel = float((g - want).abs().max() / want.abs().max())
+        assert rel < 1e-4, f"{key}: chain-rule gradient through merged HF weights differs by {rel} (relative)"
+        worst = max(worst, rel)
+    return {"max_logit_diff": logit_diff, "max_grad_diff_relative_to_tensor_max": worst}
+
+
+def moe_routing_summary(config: dict, routing) -> dict:
+    """Per MoE layer: per-sequence top-k experts and weights, and the assignment count of each expert."""
+    layers = {}
+    for seq_i, per_seq in enumerate(routing):
+        for rec in per_seq:
+            entry = layers.setdefault(
+                f"layer{rec['layer']}", {"sequences": [], "assignments_per_expert": [0] * config["num_experts"]}
+            )
+            idx = rec["top_k_index"]  # (T, k)
+            entry["sequences"].append(
+                {"top_k_index": idx.tolist(), "top_k_weight": [f32_list(r) for r in rec["top_k_weight"]]}
+            )
+            for e in idx.reshape(-1).tolist():
+                entry["assignments_per_expert"][e] += 1
+    return layers
+
+
+def generate_tiny_moe(name: str, config_obj, out_root: Path) -> dict:
+    from qwen3_moe_lora import Qwen3MoeLora, adapter_shapes
+
+    set_determinism()
+    out_dir = out_root / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = build_base_model(config_obj)
+    save_base(base, out_dir)
+    config = moe_config_dict(out_dir)
+    checkpoint_names = check_moe_checkpoint_names(base, out_dir, config)
+    base_weights = load_file(out_dir / "model.safetensors")
+    probe_case = make_case(grad_clip_norm=0.0)
+    base_check = moe_base_check(out_dir, config, base_weights, probe_case["sequences"])
+
+    # The initial adapter, in lathe's keys; every factor 0.1 * N(0, 1) drawn in sorted key order.
+    shapes = adapter_shapes(config, LORA_RANK)
+    gen = torch.Generator().manual_seed(SEED + 1)
+    initial = {k: LORA_INIT_STD * torch.randn(shapes[k], generator=gen) for k in sorted(shapes)}
+    save_file(initial, out_dir / "adapter_model.safetensors")
+    adapter = load_file(out_dir / "adapter_model.safetensors")
+    assert sorted(adapter) == sorted(initial) and all(torch.equal(adapter[k], initial[k]) for k in initial)
+
+    def leaves(tensors: dict) -> dict:
+        return {k: tensors[k].clone().requires_grad_(True) for k in sorted(tensors)}
+
+    lora = leaves(adapter)
+    ref = Qwen3MoeLora(config, base_weights, lora, LORA_RANK, LORA_ALPHA)
+    loss, _, _, _ = moe_forward_sequences(ref, probe_case["sequences"])
+    loss.sum().backward()
+    step1_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in lora.values()])))
+    grad_clip_norm = float(f"{0.5 * step1_norm:.4g}")
+    case = make_case(grad_clip_norm=grad_clip_norm)
+    write_json(out_dir / "case.json", case)
+    sequences = case["sequences"]
+
+    lora = leaves(adapter)
+    ref = Qwen3MoeLora(config, base_weights, lora, LORA_RANK, LORA_ALPHA)
+    loss, logits, logprobs, routing = moe_forward_sequences(ref, sequences)
+    loss.sum().backward()
+    expected = {"loss": loss.detach().clone()}
+    for i, (lg, lp) in enumerate(zip(logits, logprobs)):
+        expected[f"logits.{i}"] = lg.detach().clone()
+        expected[f"logprobs.{i}"] = lp.detach().clone()
+    for key, p in sorted(lora.items()):
+        assert p.grad is not None and torch.isfinite(p.grad).all(), key
+        assert p.grad.abs().sum() > 0, f"gradient of {key} is zero: the fixture would not test it"
+        expected[f"grad.{key}"] = p.grad.detach().clone()
+    save_file(expected, out_dir / "expected.safetensors", metadata={"loss": "sum over all sequences and tokens"})
+    initial_gap = min_routing_gap(routing)
+    assert initial_gap > MOE_MIN_ROUTING_GAP, f"a token's top-k choice is nearly tied (gap {initial_gap})"
+    merged = merged_lora_check(out_dir, config, {k: v.detach() for k, v in adapter.items()}, expected, sequences)
+    write_json(out_dir / "routing.json", moe_routing_summary(config, routing))
+
+    # Ten AdamW steps, as run_trajectory does for the PEFT models.
+    lora = leaves(adapter)
+    ref = Qwen3MoeLora(config, base_weights, lora, LORA_RANK, LORA_ALPHA)
+    keys = sorted(lora)
+    params = [lora[k] for k in keys]
+    opt = torch.optim.AdamW(
+        params,
+        lr=ADAM["learning_rate"],
+        betas=(ADAM["beta1"], ADAM["beta2"]),
+        eps=ADAM["eps"],
+        weight_decay=ADAM["weight_decay"],
+    )
+    losses, grad_norms, gaps = [], [], []
+    for _ in range(STEPS):
+        opt.zero_grad()
+        loss, _, _, routing = moe_forward_sequences(ref, sequences)
+        loss.sum().backward()
+        total = torch.nn.utils.clip_grad_norm_(params, grad_clip_norm)
+        opt.step()
+        losses.append(float(loss.detach()[0]))
+        grad_norms.append(float(total))
+        gaps.append(min_routing_gap(routing))
+    assert losses[0] == float(expected["loss"][0]), (losses[0], float(expected["loss"][0]))
+    assert grad_norms[0] > grad_clip_norm, "clipping must be active at step 1"
+    assert min(gaps) > MOE_MIN_ROUTING_GAP, f"a token's top-k choice is nearly tied during the trajectory: {gaps}"
+    write_json(out_dir / "trajectory.json", {"losses": losses, "grad_norms": grad_norms})
+    save_file({k: lora[k].detach().clone() for k in keys}, out_dir / "final_adapter.safetensors")
+
+    meta = {
+        "model": name,
+        "architecture": type(base).__name__,
+        "versions": versions(),
+        "seed": SEED,
+        "dtype": "float32",
+        "device": "cpu",
+        "attn_implementation": "eager",
+        "deterministic": "torch.manual_seed(0); torch.use_deterministic_algorithms(True); torch.set_num_threads(1)",
+        "reference": "ops/golden/qwen3_moe_lora.py (hand-written forward; PEFT has no shared-outer expert LoRA)",
+        "init": {
+            "base": f"from_config with initializer_range={config['initializer_range']}, torch.manual_seed({SEED}); "
+            f"then every *norm.weight set to 1 + 0.1*N(0,1) (generator seed {SEED + 100}) so RMSNorm weights != 1",
+            "lora": f"r={LORA_RANK} alpha={LORA_ALPHA}; every adapter tensor = {LORA_INIT_STD}*N(0,1) (generator seed "
+            f"{SEED + 1}, in sorted key order)",
+            "case": f"tokens/targets/weights drawn with generator seed {SEED + 2}",
+        },
+        "lora_scale": LORA_ALPHA / LORA_RANK,
+        "tie_word_embeddings": False,
+        "moe_layers": [n for n in range(config["num_hidden_layers"]) if n not in config["mlp_only_layers"]],
+        "dense_layers": list(config["mlp_only_layers"]),
+        "checkpoint_tensors": checkpoint_names,
+        "adapter_keys": sorted(adapter),
+        "step1_grad_norm": step1_norm,
+        "grad_clip_norm": grad_clip_norm,
+        "clipped_steps": [i + 1 for i, n in enumerate(grad_norms) if n > grad_clip_norm],
+        "base_check_vs_transformers": base_check,
+        "merged_weights_check_vs_transformers": merged,
+        "min_routing_gap": {"initial": initial_gap, "before_each_step": gaps},
+        "files": {
+            "config.json": "transformers save_pretrained config (transformers-5 names: `num_local_experts` is "
+            "num_experts, `rope_parameters` holds rope_theta)",
+            "model.safetensors": "f32 base weights, HF hub names: per-expert model.layers.N.mlp.experts.E."
+            "{gate,up,down}_proj.weight, router model.layers.N.mlp.gate.weight, dense layer N mlp.{gate,up,down}_proj",
+            "adapter_model.safetensors": "initial LoRA in lathe's keys (standard PEFT keys for non-expert sites; "
+            "shared-outer expert keys, see README), A (r, in), B (out, r), no scale folded in",
+            "case.json": "LoRA config, the 3 sequences (tokens, targets, weights), AdamW settings, step count",
+            "expected.safetensors": "at the initial adapter: logits.{i} (len_i, vocab), logprobs.{i} (len_i,), "
+            "loss (1,) = sum_i sum_t -weights[t]*log_softmax(logits)[t, targets[t]], "
+            "grad.<adapter key> = d loss / d tensor",
+            "routing.json": "at the initial adapter, per MoE layer: each sequence's top_k_index (len, k) and "
+            "renormalised top_k_weight (len, k), and assignments_per_expert summed over the 3 sequences",
+            "trajectory.json": "losses (loss before each step's update) and grad_norms (pre-clip total L2 norm "
+            "returned by clip_grad_norm_) for each step: zero_grad, loss, backward, clip_grad_norm_(params, "
+            "grad_clip_norm), torch.optim.AdamW.step over the adapter tensors in sorted key order",
+            "final_adapter.safetensors": "adapter tensors after the steps, same keys as adapter_model.safetensors",
+        },
+    }
+    write_json(out_dir / "meta.json", meta)
+    return {
+        "losses": losses,
+        "grad_norms": grad_norms,
+        "grad_clip_norm": grad_clip_norm,
+        "base_check": base_check,
+        "merged_check": merged,
+        "min_routing_gap": min(gaps + [initial_gap]),
+    }
+
+
+# -------------------------------------------------------------------------------------------------
 # B. SmolLM2-135M-Instruct from its GGUF
 
 
@@ -653,18 +1021,20 @@ def main() -> int:
     )
     parser.add_argument(
         "--only",
-        choices=["tiny-llama3", "tiny-qwen3", "smollm2"],
+        choices=["tiny-llama3", "tiny-qwen3", "tiny-qwen3-moe", "smollm2"],
         action="append",
         help="generate only these fixtures (repeatable); default is all",
     )
     args = parser.parse_args()
-    wanted = args.only or ["tiny-llama3", "tiny-qwen3", "smollm2"]
+    wanted = args.only or ["tiny-llama3", "tiny-qwen3", "tiny-qwen3-moe", "smollm2"]
     args.out.mkdir(parents=True, exist_ok=True)
     summary = {}
     if "tiny-llama3" in wanted:
         summary["tiny-llama3"] = generate_tiny("tiny-llama3", tiny_llama3_config(), args.out)
     if "tiny-qwen3" in wanted:
         summary["tiny-qwen3"] = generate_tiny("tiny-qwen3", tiny_qwen3_config(), args.out)
+    if "tiny-qwen3-moe" in wanted:
+        summary["tiny-qwen3-moe"] = generate_tiny_moe("tiny-qwen3-moe", tiny_qwen3_moe_config(), args.out)
     if "smollm2" in wanted:
         if not args.gguf.is_file():
             print(f"error: {args.gguf} not found; run ops/fetch-models.sh or pass --gguf PATH", file=sys.stderr)
