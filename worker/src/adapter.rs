@@ -4,6 +4,13 @@
 //! A site is named by its HF module path (`model.layers.3.self_attn.q_proj`, `lm_head`); its PEFT
 //! key is `base_model.model.<path>.lora_{A,B}.weight`. `A` is `(rank, d_in)`, `B` is `(d_out, rank)`,
 //! the layer computes `y = x·Wᵀ + (alpha/rank)·(x·Aᵀ)·Bᵀ`.
+//!
+//! Qwen3-MoE experts use the shared-outer layout: one site per projection and layer
+//! (`model.layers.N.mlp.experts.gate_proj`), its hidden-side factor shared by all `E` experts and
+//! the other stacked per expert, expert-major. For gate/up, `A (rank, H)` is shared and
+//! `B (E·I_moe, rank)` stacks `B_e (I_moe, rank)`; for down, `A (E·rank·I_moe)` stacks
+//! `A_e (rank, I_moe)` and `B (H, rank)` is shared. The site's `d_in`/`d_out` count the stacked
+//! side as `E·I_moe`, so `|A| = rank·d_in` and `|B| = d_out·rank` hold for every site alike.
 
 use std::collections::BTreeMap;
 
@@ -22,13 +29,13 @@ pub struct LoraSite {
 pub const ATTN_PROJ: [&str; 4] = ["q_proj", "k_proj", "v_proj", "o_proj"];
 pub const MLP_PROJ: [&str; 3] = ["gate_proj", "up_proj", "down_proj"];
 
-/// Every site a dense model (llama, qwen2, qwen3) adapts under `lora`, in a canonical order:
-/// layer by layer, attention then MLP, then `lm_head`.
+/// Every site a model adapts under `lora`, in a canonical order: layer by layer, attention then
+/// MLP, then `lm_head`. A Qwen3-MoE layer's MLP sites are its expert sites (see the module doc);
+/// the router (`mlp.gate`) is never adapted.
 pub fn lora_sites(config: &ModelConfig, lora: &LoraConfig) -> Vec<LoraSite> {
     let h = config.hidden_size;
     let q = config.num_attention_heads * config.head_dim;
     let kv = config.num_key_value_heads * config.head_dim;
-    let i = config.intermediate_size;
     let mut sites = Vec::new();
     for layer in 0..config.num_hidden_layers {
         if lora.train_attn {
@@ -37,8 +44,9 @@ pub fn lora_sites(config: &ModelConfig, lora: &LoraConfig) -> Vec<LoraSite> {
             }
         }
         if lora.train_mlp {
+            let (module, i) = mlp_module(config, layer);
             for (name, d_in, d_out) in [("gate_proj", h, i), ("up_proj", h, i), ("down_proj", i, h)] {
-                sites.push(LoraSite { path: format!("model.layers.{layer}.mlp.{name}"), d_in, d_out });
+                sites.push(LoraSite { path: format!("model.layers.{layer}.{module}.{name}"), d_in, d_out });
             }
         }
     }
@@ -46,6 +54,15 @@ pub fn lora_sites(config: &ModelConfig, lora: &LoraConfig) -> Vec<LoraSite> {
         sites.push(LoraSite { path: "lm_head".into(), d_in: h, d_out: config.vocab_size });
     }
     sites
+}
+
+/// The module holding layer `layer`'s MLP projections and their (stacked) intermediate width:
+/// `("mlp.experts", E·I_moe)` for a Qwen3-MoE sparse layer, `("mlp", I)` otherwise.
+pub fn mlp_module(config: &ModelConfig, layer: usize) -> (&'static str, usize) {
+    match &config.moe {
+        Some(moe) if moe.is_moe_layer(layer) => ("mlp.experts", moe.num_experts * moe.moe_intermediate_size),
+        _ => ("mlp", config.intermediate_size),
+    }
 }
 
 /// The PEFT safetensors keys of a site: `(lora_A key, lora_B key)`.

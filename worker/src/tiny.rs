@@ -1,9 +1,9 @@
-//! Built-in tiny models (`tiny/llama3`, `tiny/qwen3`, `tiny/qwen2`): small configs and weights
+//! Built-in tiny models (`tiny/llama3`, `tiny/qwen3`, `tiny/qwen2`, `tiny/qwen3-moe`): small configs and weights
 //! generated in-process from a seed, with exact HF tensor names and shapes, for tests and instant
 //! demos. Every tensor draws from its own `Rng::derive(seed, name)` stream, so adding a tensor
 //! never shifts another's values. Never loads anything from disk.
 
-use runtime::{Family, ModelConfig, RopeScaling};
+use runtime::{Family, ModelConfig, MoeConfig, RopeScaling};
 
 use crate::model::ModelError;
 use crate::rng::Rng;
@@ -16,8 +16,7 @@ const NORM_STD: f32 = 0.1;
 
 /// The names [`tiny_model`] accepts.
 pub fn tiny_names() -> &'static [&'static str] {
-    // `tiny/qwen3-moe` joins this list with the MoE family.
-    &["tiny/llama3", "tiny/qwen3", "tiny/qwen2"]
+    &["tiny/llama3", "tiny/qwen3", "tiny/qwen2", "tiny/qwen3-moe"]
 }
 
 /// A tiny model's config and seeded weights.
@@ -29,6 +28,7 @@ pub fn tiny_model(name: &str, seed: u64) -> Result<(ModelConfig, WeightMap), Mod
         "tiny/llama3" => tiny_llama3(),
         "tiny/qwen3" => tiny_qwen3(),
         "tiny/qwen2" => tiny_qwen2(),
+        "tiny/qwen3-moe" => tiny_qwen3_moe(),
         _ => return Err(ModelError::UnknownTinyModel { name: name.to_string(), known: tiny_names().join(", ") }),
     };
     config.validate()?;
@@ -85,9 +85,28 @@ fn tiny_qwen2() -> ModelConfig {
     ModelConfig { attention_bias: true, ..base(Family::Qwen2) }
 }
 
+/// Qwen3-MoE: 3 layers, layer 1 dense (`mlp_only_layers`), layers 0 and 2 sparse with 4 experts,
+/// top-2, renormalised. The dense MLP width (96) differs from the experts' (32) so a mix-up shows.
+fn tiny_qwen3_moe() -> ModelConfig {
+    ModelConfig {
+        num_hidden_layers: 3,
+        intermediate_size: 96,
+        moe: Some(MoeConfig {
+            num_experts: 4,
+            num_experts_per_tok: 2,
+            moe_intermediate_size: 32,
+            norm_topk_prob: true,
+            decoder_sparse_step: 1,
+            mlp_only_layers: vec![1],
+        }),
+        ..base(Family::Qwen3Moe)
+    }
+}
+
 /// Every tensor a dense checkpoint of `config` holds, with HF names and shapes, seeded as the
 /// tiny models are. Works for any dense config (benchmarks use it for real-sized shapes); no
-/// `lm_head.weight` when the config ties the unembedding.
+/// `lm_head.weight` when the config ties the unembedding. MoE layers of a Qwen3-MoE config get
+/// the Hub's per-expert tensors (`mlp.gate`, `mlp.experts.E.{gate,up,down}_proj`) instead.
 pub fn dense_weights(config: &ModelConfig, seed: u64) -> WeightMap {
     let h = config.hidden_size;
     let q = config.num_attention_heads * config.head_dim;
@@ -122,9 +141,22 @@ pub fn dense_weights(config: &ModelConfig, seed: u64) -> WeightMap {
             put(format!("{p}.self_attn.k_norm.weight"), vec![config.head_dim]);
         }
         put(format!("{p}.post_attention_layernorm.weight"), vec![h]);
-        put(format!("{p}.mlp.gate_proj.weight"), vec![i, h]);
-        put(format!("{p}.mlp.up_proj.weight"), vec![i, h]);
-        put(format!("{p}.mlp.down_proj.weight"), vec![h, i]);
+        match &config.moe {
+            Some(moe) if moe.is_moe_layer(l) => {
+                let im = moe.moe_intermediate_size;
+                put(format!("{p}.mlp.gate.weight"), vec![moe.num_experts, h]);
+                for e in 0..moe.num_experts {
+                    put(format!("{p}.mlp.experts.{e}.gate_proj.weight"), vec![im, h]);
+                    put(format!("{p}.mlp.experts.{e}.up_proj.weight"), vec![im, h]);
+                    put(format!("{p}.mlp.experts.{e}.down_proj.weight"), vec![h, im]);
+                }
+            }
+            _ => {
+                put(format!("{p}.mlp.gate_proj.weight"), vec![i, h]);
+                put(format!("{p}.mlp.up_proj.weight"), vec![i, h]);
+                put(format!("{p}.mlp.down_proj.weight"), vec![h, i]);
+            }
+        }
     }
     put("model.norm.weight".into(), vec![h]);
     if !config.tie_word_embeddings {
@@ -160,6 +192,13 @@ mod tests {
         assert_eq!(w.tensors["model.layers.0.self_attn.k_norm.weight"].shape, vec![24]);
         let (qwen2, w) = tiny_model("tiny/qwen2", 0).unwrap();
         assert!(qwen2.attention_bias && w.contains("model.layers.0.self_attn.v_proj.bias"));
+        let (moe, w) = tiny_model("tiny/qwen3-moe", 0).unwrap();
+        let rule = moe.moe.as_ref().unwrap();
+        assert!(rule.is_moe_layer(0) && !rule.is_moe_layer(1) && rule.is_moe_layer(2));
+        assert_eq!(w.tensors["model.layers.2.mlp.gate.weight"].shape, vec![4, 64]);
+        assert_eq!(w.tensors["model.layers.0.mlp.experts.3.down_proj.weight"].shape, vec![64, 32]);
+        assert_eq!(w.tensors["model.layers.1.mlp.down_proj.weight"].shape, vec![64, 96]);
+        assert!(!w.contains("model.layers.0.mlp.gate_proj.weight") && !w.contains("model.layers.1.mlp.gate.weight"));
     }
 
     #[test]

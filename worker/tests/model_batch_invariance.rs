@@ -5,7 +5,7 @@
 mod model_common;
 
 use kernels::{Backend, CpuBackend, ReferenceBackend};
-use model_common::{assert_bits_eq, lora_config, model, random_lora, tokens, FAMILIES};
+use model_common::{assert_bits_eq, lora_config, model, random_lora, tokens, ALL_FAMILIES};
 use worker::model::PackedBatch;
 use worker::rng::Rng;
 
@@ -46,19 +46,20 @@ fn check_family<B: Backend>(name: &str, backend: B, lens: [usize; 3]) {
         // The gradient reaches every site of every layer.
         assert!(ga.a.iter().any(|&x| x != 0.0) && ga.b.iter().any(|&x| x != 0.0), "{name}: {path} got no gradient");
     }
-    assert_eq!(g_alone.sites.len(), 2 * 7 + 1, "{name}: every projection of both layers plus lm_head");
+    let layers = m.config().num_hidden_layers;
+    assert_eq!(g_alone.sites.len(), layers * 7 + 1, "{name}: every projection of every layer plus lm_head");
 }
 
 #[test]
 fn reference_backend_gives_a_sequence_the_same_bits_alone_and_packed() {
-    for name in FAMILIES {
+    for name in ALL_FAMILIES {
         check_family(name, ReferenceBackend, [5, 9, 3]);
     }
 }
 
 #[test]
 fn cpu_backend_gives_a_sequence_the_same_bits_alone_and_packed() {
-    for name in FAMILIES {
+    for name in ALL_FAMILIES {
         check_family(name, CpuBackend, [5, 9, 3]);
     }
 }
@@ -68,6 +69,7 @@ fn cpu_backend_keeps_invariance_when_packs_are_long_enough_to_tile() {
     // 198 rows: well past any small-m fast path in the CPU matmuls.
     check_family("tiny/llama3", CpuBackend, [61, 100, 37]);
     check_family("tiny/qwen3", CpuBackend, [3, 130, 65]);
+    check_family("tiny/qwen3-moe", CpuBackend, [40, 120, 70]);
 }
 
 #[test]

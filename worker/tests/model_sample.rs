@@ -5,7 +5,7 @@
 mod model_common;
 
 use kernels::{Backend, CpuBackend, ReferenceBackend};
-use model_common::{assert_bits_eq, lora_config, model, random_lora, tokens, FAMILIES};
+use model_common::{assert_bits_eq, lora_config, model, random_lora, tokens, ALL_FAMILIES};
 use worker::model::{Model, ModelError, PackedBatch};
 use worker::sample::{sample, SampleParams, StopReason};
 
@@ -30,7 +30,7 @@ fn trainer_view<B: Backend>(
 }
 
 fn check_sampled_logprobs<B: Backend + Copy>(backend: B) {
-    for name in FAMILIES {
+    for name in ALL_FAMILIES {
         let m = model(name, backend);
         let lcfg = lora_config();
         let lw = random_lora(m.config(), &lcfg, 4, 0.1);

@@ -3,6 +3,7 @@
 //! The decode path reuses one `LayerActs` as scratch across layers.
 
 use super::lora::PROJS;
+use super::moe::MoeActs;
 use super::weights::Dims;
 use crate::adapter::LoraPair;
 
@@ -28,6 +29,8 @@ pub(crate) struct LayerActs {
     pub up: Vec<f32>,              // (T, I) up_proj(m)
     pub act: Vec<f32>,             // (T, I) silu(gate)·up, down_proj's input
     pub lora_h: [Vec<f32>; PROJS], // (T, rank) x·Aᵀ per adapted projection; empty when not adapted
+    /// A sparse layer's routing and expert intermediates (its gate/up/act above stay unused).
+    pub moe: Option<MoeActs>,
 }
 
 impl LayerActs {
@@ -55,6 +58,7 @@ impl LayerActs {
             up: n(d.intermediate),
             act: n(d.intermediate),
             lora_h: std::array::from_fn(|p| pairs[p].map_or_else(Vec::new, |pair| n(pair.rank))),
+            moe: None,
         }
     }
 }
@@ -93,4 +97,13 @@ pub struct Forward {
     pub(crate) cu_seqlens: Vec<usize>,
     /// Whether an adapter was applied (its `x·Aᵀ` saved in the acts).
     pub(crate) with_lora: bool,
+}
+
+impl Forward {
+    /// Load balance of every sparse MoE layer: `(layer, fractions (E))`, each expert's share of
+    /// the batch's `T·k` token-to-expert assignments (they sum to 1). Empty for dense models.
+    pub fn moe_expert_fractions(&self) -> Vec<(usize, Vec<f32>)> {
+        let moe = self.layers.iter().enumerate();
+        moe.filter_map(|(l, a)| a.moe.as_ref().map(|m| (l, m.expert_fractions()))).collect()
+    }
 }

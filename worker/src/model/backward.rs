@@ -11,6 +11,8 @@ use runtime::LoraConfig;
 use super::acts::{Forward, LayerActs};
 use super::layer::add_assign;
 use super::lora::{check_shapes, LoraView, DOWN, GATE, K, LM_HEAD, O, PROJS, Q, UP, V};
+use super::moe::expert_pairs;
+use super::moe_backward::MoeGrad;
 use super::weights::LayerWeights;
 use super::{Model, ModelError, PackedBatch};
 use crate::adapter::{LoraPair, LoraWeights};
@@ -139,8 +141,8 @@ impl<B: Backend> Model<B> {
         Ok(())
     }
 
-    /// `out = x_mid + down(silu(gate(m))·up(m))`, `m = norm(x_mid)`: turns `s.dres` = d(out)
-    /// into d(x_mid).
+    /// `out = x_mid + down(silu(gate(m))·up(m))` (or `+ moe(m)`), `m = norm(x_mid)`: turns
+    /// `s.dres` = d(out) into d(x_mid).
     fn mlp_backward(
         &self,
         l: usize,
@@ -155,6 +157,14 @@ impl<B: Backend> Model<B> {
     ) {
         let d = self.dims;
         let (be, t, sc, paths) = (&self.backend, batch.num_tokens(), view.scale, &self.paths.layers[l]);
+        let ln = &w.post_attention_layernorm;
+        if let (Some(mw), Some(ma)) = (&w.moe, &acts.moe) {
+            let g = MoeGrad { pairs: expert_pairs(pairs), paths, scale: sc, segments: seg.tokens };
+            self.moe_backward(mw, ma, &g, grads, &s.dres, &mut s.dnorm);
+            be.rmsnorm_backward(&mut s.dtmp, None, &s.dnorm, &acts.x_mid, ln, &acts.rstd_m, t, d.hidden, seg.tokens);
+            add_assign(&mut s.dres, &s.dtmp);
+            return;
+        }
         be.matmul_nn(&mut s.dact, &s.dres, &w.down_proj, MatmulDims { m: t, k: d.intermediate, n: d.hidden }, false);
         let h = &acts.lora_h;
         self.lora_backward(grads, &paths[DOWN], pairs[DOWN], sc, &mut s.dact, &s.dres, &acts.act, &h[DOWN], seg.tokens);
@@ -164,7 +174,6 @@ impl<B: Backend> Model<B> {
         self.lora_backward(grads, &paths[GATE], pairs[GATE], sc, &mut s.dnorm, &s.dgate, &acts.m, &h[GATE], seg.tokens);
         be.matmul_nn(&mut s.dnorm, &s.dup, &w.up_proj, dims_in, true);
         self.lora_backward(grads, &paths[UP], pairs[UP], sc, &mut s.dnorm, &s.dup, &acts.m, &h[UP], seg.tokens);
-        let ln = &w.post_attention_layernorm;
         be.rmsnorm_backward(&mut s.dtmp, None, &s.dnorm, &acts.x_mid, ln, &acts.rstd_m, t, d.hidden, seg.tokens);
         add_assign(&mut s.dres, &s.dtmp);
     }

@@ -1,4 +1,4 @@
-//! `Model`: a dense decoder (Llama 3, Qwen2, Qwen3) over one backend — construction with every
+//! `Model`: a decoder (Llama 3, Qwen2, Qwen3, Qwen3-MoE) over one backend — construction with every
 //! weight shape checked, and the training forward over a packed batch (embed → layers → final
 //! norm → unembedding → log-softmax gathered at the targets), saving activations for backward.
 
@@ -13,7 +13,7 @@ use super::{ModelError, PackedBatch};
 use crate::adapter::LoraWeights;
 use crate::tensor::WeightMap;
 
-/// A dense decoder model with frozen base weights on backend `B`.
+/// A decoder model with frozen base weights on backend `B`.
 pub struct Model<B: Backend> {
     pub(crate) config: ModelConfig,
     pub(crate) backend: B,
@@ -28,7 +28,7 @@ impl<B: Backend> Model<B> {
     ///
     /// # Errors
     /// `ModelError::Config` for a config that breaks the model's relations, `ModelError::Weight`
-    /// naming a missing or misshapen tensor, `ModelError::UnsupportedFamily` for MoE configs.
+    /// naming a missing or misshapen tensor.
     pub fn new(config: ModelConfig, mut weights: WeightMap, backend: B) -> Result<Self, ModelError> {
         config.validate()?;
         let dense = DenseWeights::take(&config, &mut weights)?;
@@ -38,7 +38,7 @@ impl<B: Backend> Model<B> {
             }
         });
         let rope = RopeTable::new(config.head_dim, config.rope_theta, scaling, config.max_position_embeddings);
-        let paths = SitePaths::new(config.num_hidden_layers);
+        let paths = SitePaths::new(&config);
         let dims = Dims::new(&config);
         Ok(Model { config, backend, weights: dense, dims, rope, paths })
     }

@@ -7,14 +7,16 @@ use runtime::ConfigError;
 
 use crate::tensor::WeightError;
 
-/// A request or checkpoint the dense model cannot use.
+/// A request or checkpoint the model cannot use.
 #[derive(Debug, Error, PartialEq)]
 pub enum ModelError {
     #[error("config.json is unusable: {0}")]
     Config(#[from] ConfigError),
     #[error("checkpoint does not match config.json: {0}")]
     Weight(#[from] WeightError),
-    #[error("model family `{family}` is not a dense family this model implements (llama, qwen2, qwen3)")]
+    #[error(
+        "model family `{family}` needs its MoE settings (num_experts, num_experts_per_tok, moe_intermediate_size) in config.json; none were given"
+    )]
     UnsupportedFamily { family: &'static str },
     #[error("the batch has no sequences; pass at least one non-empty sequence")]
     EmptyBatch,

@@ -9,6 +9,7 @@ use kernels::{Backend, LoraDims, MatmulDims};
 
 use super::acts::{FinalActs, LayerActs};
 use super::lora::{DOWN, GATE, K, O, PROJS, Q, UP, V};
+use super::moe::expert_pairs;
 use super::weights::LayerWeights;
 use super::Model;
 use crate::adapter::LoraPair;
@@ -81,7 +82,7 @@ impl<B: Backend> Model<B> {
         be.rope_forward(&mut acts.k, positions, d.kv_heads, d.head_dim, cos, sin);
     }
 
-    /// o_proj + residual → post_attention_layernorm → gated MLP + residual. Reads `acts.x` and
+    /// o_proj + residual → post_attention_layernorm → gated MLP (or the sparse MoE block) + residual. Reads `acts.x` and
     /// `acts.attn`; writes the rest of `acts` and the layer's output residual `out (rows, H)`.
     /// `tmp (rows, H)` is scratch.
     pub(crate) fn attn_out_mlp(
@@ -111,6 +112,11 @@ impl<B: Backend> Model<B> {
             d.hidden,
             eps,
         );
+        if let Some(moe) = &w.moe {
+            acts.moe = Some(self.moe_forward(moe, expert_pairs(pairs), scale, &acts.m, tmp));
+            add(out, &acts.x_mid, tmp);
+            return;
+        }
         self.linear(&mut acts.gate, hg, &acts.m, &w.gate_proj, None, pairs[GATE], scale, rows);
         self.linear(&mut acts.up, hu, &acts.m, &w.up_proj, None, pairs[UP], scale, rows);
         be.swiglu_forward(&mut acts.act, &acts.gate, &acts.up);

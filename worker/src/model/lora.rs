@@ -5,7 +5,7 @@
 use runtime::{LoraConfig, ModelConfig};
 
 use super::ModelError;
-use crate::adapter::{lora_sites, LoraPair, LoraWeights, ATTN_PROJ, MLP_PROJ};
+use crate::adapter::{lora_sites, mlp_module, LoraPair, LoraWeights, ATTN_PROJ, MLP_PROJ};
 
 /// Index of each adaptable projection within a layer, in forward order.
 pub(crate) const Q: usize = 0;
@@ -17,21 +17,23 @@ pub(crate) const UP: usize = 5;
 pub(crate) const DOWN: usize = 6;
 pub(crate) const PROJS: usize = 7;
 
-/// HF module paths of every adaptable projection: `(layers, 7)` plus `lm_head`.
+/// HF module paths of every adaptable projection: `(layers, 7)` plus `lm_head`. A MoE layer's
+/// MLP entries are its expert sites (`mlp.experts.gate_proj`, …).
 #[derive(Clone, Debug)]
 pub(crate) struct SitePaths {
     pub layers: Vec<[String; PROJS]>,
 }
 
 impl SitePaths {
-    pub fn new(num_layers: usize) -> Self {
-        let layers = (0..num_layers)
+    pub fn new(config: &ModelConfig) -> Self {
+        let layers = (0..config.num_hidden_layers)
             .map(|l| {
+                let (mlp, _) = mlp_module(config, l);
                 std::array::from_fn(|p| {
                     if p < ATTN_PROJ.len() {
                         format!("model.layers.{l}.self_attn.{}", ATTN_PROJ[p])
                     } else {
-                        format!("model.layers.{l}.mlp.{}", MLP_PROJ[p - ATTN_PROJ.len()])
+                        format!("model.layers.{l}.{mlp}.{}", MLP_PROJ[p - ATTN_PROJ.len()])
                     }
                 })
             })

@@ -1,4 +1,4 @@
-//! The dense model families (Llama 3, Qwen2, Qwen3): forward over packed sequences to logits and
+//! The model families (Llama 3, Qwen2, Qwen3, Qwen3-MoE): forward over packed sequences to logits and
 //! logprobs, backward to LoRA gradients (base frozen), and the prefill/decode steps the sampler
 //! drives. The same code runs on every `kernels::Backend`; only the ops differ.
 //!
@@ -12,6 +12,8 @@ mod dense;
 mod error;
 mod layer;
 mod lora;
+mod moe;
+mod moe_backward;
 mod weights;
 
 pub use acts::Forward;

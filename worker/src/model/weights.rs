@@ -1,9 +1,10 @@
-//! The frozen base weights of a dense decoder (Llama 3, Qwen2, Qwen3), taken out of a `WeightMap`
+//! The frozen base weights of a decoder (Llama 3, Qwen2, Qwen3, Qwen3-MoE), taken out of a `WeightMap`
 //! by HF name with every shape checked against the config, plus the derived dimensions the layer
 //! code uses. Never mutated after load: the base model is frozen and only LoRA factors train.
 
 use runtime::{Family, ModelConfig};
 
+use super::moe::MoeWeights;
 use super::ModelError;
 use crate::tensor::WeightMap;
 
@@ -49,9 +50,11 @@ pub(crate) struct LayerWeights {
     pub q_norm: Option<Vec<f32>>,           // (hd) Qwen3 only
     pub k_norm: Option<Vec<f32>>,           // (hd) Qwen3 only
     pub post_attention_layernorm: Vec<f32>, // (H)
-    pub gate_proj: Vec<f32>,                // (I, H)
-    pub up_proj: Vec<f32>,                  // (I, H)
-    pub down_proj: Vec<f32>,                // (H, I)
+    pub gate_proj: Vec<f32>,                // (I, H); empty in a MoE layer
+    pub up_proj: Vec<f32>,                  // (I, H); empty in a MoE layer
+    pub down_proj: Vec<f32>,                // (H, I); empty in a MoE layer
+    /// The sparse MoE block replacing the dense MLP, in a Qwen3-MoE layer that has one.
+    pub moe: Option<MoeWeights>,
 }
 
 /// All base weights of a dense model.
@@ -74,21 +77,33 @@ impl DenseWeights {
     /// `lm_head.weight` a tied checkpoint still carries) are left behind and ignored.
     ///
     /// # Errors
-    /// `ModelError::Weight` naming the first missing or misshapen tensor;
-    /// `ModelError::UnsupportedFamily` for a family that is not dense.
+    /// `ModelError::Weight` naming the first missing or misshapen tensor.
     pub fn take(config: &ModelConfig, map: &mut WeightMap) -> Result<Self, ModelError> {
-        if config.family == Family::Qwen3Moe {
+        if config.family == Family::Qwen3Moe && config.moe.is_none() {
             return Err(ModelError::UnsupportedFamily { family: config.model_type() });
         }
         let d = Dims::new(config);
         let (h, q, kv, i) = (d.hidden, d.q_dim, d.kv_dim, d.intermediate);
-        let mut take = |name: &str, shape: &[usize]| map.take(name, shape).map(|t| t.data);
-        let embed_tokens = take("model.embed_tokens.weight", &[d.vocab, h])?;
+        let embed_tokens = map.take("model.embed_tokens.weight", &[d.vocab, h])?.data;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for l in 0..config.num_hidden_layers {
             let p = format!("model.layers.{l}");
             let bias = config.attention_bias;
             let qk_norm = config.family.has_qk_norm();
+            let moe = match &config.moe {
+                Some(m) if m.is_moe_layer(l) => Some(MoeWeights::take(m, h, &p, map)?),
+                _ => None,
+            };
+            let mut take = |name: &str, shape: &[usize]| map.take(name, shape).map(|t| t.data);
+            let (gate_proj, up_proj, down_proj) = if moe.is_none() {
+                (
+                    take(&format!("{p}.mlp.gate_proj.weight"), &[i, h])?,
+                    take(&format!("{p}.mlp.up_proj.weight"), &[i, h])?,
+                    take(&format!("{p}.mlp.down_proj.weight"), &[h, i])?,
+                )
+            } else {
+                (Vec::new(), Vec::new(), Vec::new())
+            };
             layers.push(LayerWeights {
                 input_layernorm: take(&format!("{p}.input_layernorm.weight"), &[h])?,
                 q_proj: take(&format!("{p}.self_attn.q_proj.weight"), &[q, h])?,
@@ -109,12 +124,13 @@ impl DenseWeights {
                     None
                 },
                 post_attention_layernorm: take(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                gate_proj: take(&format!("{p}.mlp.gate_proj.weight"), &[i, h])?,
-                up_proj: take(&format!("{p}.mlp.up_proj.weight"), &[i, h])?,
-                down_proj: take(&format!("{p}.mlp.down_proj.weight"), &[h, i])?,
+                gate_proj,
+                up_proj,
+                down_proj,
+                moe,
             });
         }
-        let norm = take("model.norm.weight", &[h])?;
+        let norm = map.take("model.norm.weight", &[h])?.data;
         // Tied when the config says so or the checkpoint has no lm_head (candle's rule, §1.2).
         let tied = config.tie_word_embeddings || !map.contains("lm_head.weight");
         let lm_head = if tied { None } else { Some(map.take("lm_head.weight", &[d.vocab, h])?.data) };

@@ -10,6 +10,8 @@ use worker::rng::Rng;
 use worker::tiny::tiny_model;
 
 pub const FAMILIES: [&str; 3] = ["tiny/llama3", "tiny/qwen3", "tiny/qwen2"];
+/// The dense families plus Qwen3-MoE (which the f64 dense reference in `model_gradcheck` does not model).
+pub const ALL_FAMILIES: [&str; 4] = ["tiny/llama3", "tiny/qwen3", "tiny/qwen2", "tiny/qwen3-moe"];
 
 pub fn model<B: Backend>(name: &str, backend: B) -> Model<B> {
     let (config, weights) = tiny_model(name, 7).unwrap();
