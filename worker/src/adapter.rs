@@ -70,6 +70,63 @@ pub fn peft_keys(path: &str) -> (String, String) {
     (format!("base_model.model.{path}.lora_A.weight"), format!("base_model.model.{path}.lora_B.weight"))
 }
 
+/// Which factor of a site a stored tensor holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Factor {
+    A,
+    B,
+}
+
+/// One stored tensor of a site: its safetensors key and shape, and the values of the site's factor
+/// it holds (`factor[range]`, row-major).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SiteTensor {
+    pub key: String,
+    pub shape: [usize; 2],
+    pub factor: Factor,
+    pub range: std::ops::Range<usize>,
+}
+
+/// The tensors lathe stores for `site` at `rank`: the two PEFT keys of [`peft_keys`] for an ordinary
+/// site; for a MoE expert site (`…mlp.experts.{gate,up,down}_proj`) the shared factor under the
+/// site's own key (no expert index) and each expert's factor under `…mlp.experts.E.<proj>…`.
+pub fn site_tensors(config: &ModelConfig, site: &LoraSite, rank: usize) -> Vec<SiteTensor> {
+    let (ka, kb) = peft_keys(&site.path);
+    let experts = config.moe.as_ref().map_or(0, |m| m.num_experts);
+    let expert_site = site.path.rsplit_once('.').filter(|(module, _)| module.ends_with(".mlp.experts"));
+    let Some((module, proj)) = expert_site.filter(|_| experts > 0) else {
+        return vec![
+            SiteTensor { key: ka, shape: [rank, site.d_in], factor: Factor::A, range: 0..rank * site.d_in },
+            SiteTensor { key: kb, shape: [site.d_out, rank], factor: Factor::B, range: 0..site.d_out * rank },
+        ];
+    };
+    let key = |e: usize, f: &str| format!("base_model.model.{module}.{e}.{proj}.lora_{f}.weight");
+    if proj == "down_proj" {
+        let im = site.d_in / experts;
+        let mut out: Vec<SiteTensor> = (0..experts)
+            .map(|e| SiteTensor {
+                key: key(e, "A"),
+                shape: [rank, im],
+                factor: Factor::A,
+                range: e * rank * im..(e + 1) * rank * im,
+            })
+            .collect();
+        out.push(SiteTensor { key: kb, shape: [site.d_out, rank], factor: Factor::B, range: 0..site.d_out * rank });
+        out
+    } else {
+        let im = site.d_out / experts;
+        let mut out =
+            vec![SiteTensor { key: ka, shape: [rank, site.d_in], factor: Factor::A, range: 0..rank * site.d_in }];
+        out.extend((0..experts).map(|e| SiteTensor {
+            key: key(e, "B"),
+            shape: [im, rank],
+            factor: Factor::B,
+            range: e * im * rank..(e + 1) * im * rank,
+        }));
+        out
+    }
+}
+
 /// One site's pair of factors (or their gradients, or an Adam moment of them).
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoraPair {
@@ -81,6 +138,22 @@ pub struct LoraPair {
 }
 
 impl LoraPair {
+    /// The values of one factor.
+    pub fn factor(&self, f: Factor) -> &[f32] {
+        match f {
+            Factor::A => &self.a,
+            Factor::B => &self.b,
+        }
+    }
+
+    /// The values of one factor, mutably.
+    pub fn factor_mut(&mut self, f: Factor) -> &mut [f32] {
+        match f {
+            Factor::A => &mut self.a,
+            Factor::B => &mut self.b,
+        }
+    }
+
     pub fn zeros(d_in: usize, d_out: usize, rank: usize) -> Self {
         LoraPair { d_in, d_out, rank, a: vec![0.0; rank * d_in], b: vec![0.0; d_out * rank] }
     }
@@ -125,5 +198,48 @@ impl LoraWeights {
             p.a.fill(0.0);
             p.b.fill(0.0);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tiny::tiny_model;
+
+    fn covered(tensors: &[SiteTensor], f: Factor, len: usize) -> bool {
+        let mut ranges: Vec<_> = tensors.iter().filter(|t| t.factor == f).map(|t| t.range.clone()).collect();
+        ranges.sort_by_key(|r| r.start);
+        let tiles = ranges.windows(2).all(|w| w[0].end == w[1].start);
+        let sized = tensors.iter().all(|t| t.shape[0] * t.shape[1] == t.range.len());
+        tiles && sized && ranges.first().map(|r| r.start) == Some(0) && ranges.last().map(|r| r.end) == Some(len)
+    }
+
+    #[test]
+    fn expert_sites_store_one_shared_factor_and_one_factor_per_expert() {
+        let (config, _) = tiny_model("tiny/qwen3-moe", 0).unwrap();
+        let lora = LoraConfig::new(4, 8.0, 0, true, true, true).unwrap();
+        let sites = lora_sites(&config, &lora);
+        let site = |p: &str| sites.iter().find(|s| s.path == p).unwrap().clone();
+        let p = "base_model.model.model.layers.0.mlp.experts";
+
+        let gate = site_tensors(&config, &site("model.layers.0.mlp.experts.gate_proj"), 4);
+        assert_eq!(gate.len(), 5);
+        assert_eq!((gate[0].key.as_str(), gate[0].shape), (&*format!("{p}.gate_proj.lora_A.weight"), [4, 64]));
+        assert_eq!((gate[3].key.as_str(), gate[3].shape), (&*format!("{p}.2.gate_proj.lora_B.weight"), [32, 4]));
+        assert!(covered(&gate, Factor::A, 4 * 64) && covered(&gate, Factor::B, 128 * 4));
+
+        let down = site_tensors(&config, &site("model.layers.0.mlp.experts.down_proj"), 4);
+        assert_eq!(down.len(), 5);
+        assert_eq!((down[1].key.as_str(), down[1].shape), (&*format!("{p}.1.down_proj.lora_A.weight"), [4, 32]));
+        assert_eq!((down[4].key.as_str(), down[4].shape), (&*format!("{p}.down_proj.lora_B.weight"), [64, 4]));
+        assert!(covered(&down, Factor::A, 4 * 128) && covered(&down, Factor::B, 64 * 4));
+
+        let dense = site_tensors(&config, &site("model.layers.1.mlp.down_proj"), 4);
+        let keys: Vec<_> = dense.iter().map(|t| t.key.clone()).collect();
+        let (ka, kb) = peft_keys("model.layers.1.mlp.down_proj");
+        assert_eq!(keys, vec![ka, kb]);
+        assert_eq!((dense[0].shape, dense[1].shape), ([4, 96], [64, 4]));
+        let total: usize = sites.iter().map(|s| site_tensors(&config, s, 4).len()).sum();
+        assert_eq!(total, 62, "the fixture's count: 24 attention, 6 dense MLP, 2 lm_head, 15 per MoE layer");
     }
 }
