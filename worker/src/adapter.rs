@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 
 use runtime::{LoraConfig, ModelConfig};
 
+use crate::tensor::{HostTensor, WeightMap};
+
 /// One adapted module's geometry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoraSite {
@@ -125,6 +127,44 @@ pub fn site_tensors(config: &ModelConfig, site: &LoraSite, rank: usize) -> Vec<S
         }));
         out
     }
+}
+
+/// `weights` as a standard PEFT adapter for `config`: every ordinary site under its [`peft_keys`];
+/// every MoE expert site expanded to one plain LoRA per expert (`…mlp.experts.E.<proj>.lora_{A,B}`),
+/// the shared factor copied into each expert, so PEFT applies `s·B_e·A_e` to expert `E` exactly as
+/// lathe does. (Lathe's own checkpoints keep the stacked site tensors instead.)
+pub fn peft_tensors(config: &ModelConfig, weights: &LoraWeights) -> WeightMap {
+    let mut map = WeightMap::default();
+    for (path, pair) in &weights.sites {
+        let site = LoraSite { path: path.clone(), d_in: pair.d_in, d_out: pair.d_out };
+        let tensors = site_tensors(config, &site, pair.rank);
+        let (shared, per_expert): (Vec<_>, Vec<_>) = tensors.iter().partition(|t| !is_expert_key(&t.key));
+        if per_expert.is_empty() {
+            for t in tensors {
+                map.insert(t.key, HostTensor::new(t.shape.to_vec(), pair.factor(t.factor)[t.range].to_vec()));
+            }
+            continue;
+        }
+        let shared = shared.first().expect("an expert site stores one shared factor");
+        let (module, proj) = path.rsplit_once('.').expect("an expert site path has a module and a projection");
+        for (e, t) in per_expert.iter().enumerate() {
+            let key = |f: &str| format!("base_model.model.{module}.{e}.{proj}.lora_{f}.weight");
+            let own = HostTensor::new(t.shape.to_vec(), pair.factor(t.factor)[t.range.clone()].to_vec());
+            let copy =
+                HostTensor::new(shared.shape.to_vec(), pair.factor(shared.factor)[shared.range.clone()].to_vec());
+            let (a, b) = if t.factor == Factor::A { (own, copy) } else { (copy, own) };
+            map.insert(key("A"), a);
+            map.insert(key("B"), b);
+        }
+    }
+    map
+}
+
+/// Whether a stored key names one expert's factor (`…mlp.experts.<E>.<proj>…`).
+fn is_expert_key(key: &str) -> bool {
+    key.split_once(".mlp.experts.")
+        .and_then(|(_, rest)| rest.split('.').next())
+        .is_some_and(|e| e.parse::<usize>().is_ok())
 }
 
 /// One site's pair of factors (or their gradients, or an Adam moment of them).
@@ -241,5 +281,32 @@ mod tests {
         assert_eq!((dense[0].shape, dense[1].shape), ([4, 96], [64, 4]));
         let total: usize = sites.iter().map(|s| site_tensors(&config, s, 4).len()).sum();
         assert_eq!(total, 62, "the fixture's count: 24 attention, 6 dense MLP, 2 lm_head, 15 per MoE layer");
+    }
+
+    #[test]
+    fn peft_export_expands_expert_sites_copying_the_shared_factor_into_every_expert() {
+        let (config, _) = tiny_model("tiny/qwen3-moe", 0).unwrap();
+        let lora = LoraConfig::new(4, 8.0, 0, true, true, true).unwrap();
+        let mut w = LoraWeights::zeros(&lora_sites(&config, &lora), 4);
+        for (i, pair) in w.sites.values_mut().enumerate() {
+            for (j, x) in pair.a.iter_mut().chain(pair.b.iter_mut()).enumerate() {
+                *x = (i * 1000 + j) as f32;
+            }
+        }
+        let map = peft_tensors(&config, &w);
+        // 24 attention + 6 dense MLP + 2 lm_head + 2 MoE layers × 3 projections × 4 experts × 2 factors.
+        assert_eq!(map.tensors.len(), 80);
+        let p = "base_model.model.model.layers.2.mlp.experts";
+        let gate = w.get("model.layers.2.mlp.experts.gate_proj").unwrap();
+        assert_eq!(map.tensors[&format!("{p}.3.gate_proj.lora_A.weight")].data, gate.a, "shared A copied");
+        let b3 = &map.tensors[&format!("{p}.3.gate_proj.lora_B.weight")];
+        assert_eq!((b3.shape.as_slice(), &b3.data[..]), (&[32, 4][..], &gate.b[3 * 128..4 * 128]));
+        let down = w.get("model.layers.2.mlp.experts.down_proj").unwrap();
+        assert_eq!(map.tensors[&format!("{p}.0.down_proj.lora_B.weight")].data, down.b, "shared B copied");
+        let a1 = &map.tensors[&format!("{p}.1.down_proj.lora_A.weight")];
+        assert_eq!((a1.shape.as_slice(), &a1.data[..]), (&[4, 32][..], &down.a[128..256]));
+        assert!(!map.tensors.keys().any(|k| k.contains("experts.gate_proj") || k.contains("experts.down_proj")));
+        let (ka, _) = peft_keys("model.layers.1.mlp.up_proj");
+        assert_eq!(map.tensors[&ka].data, w.get("model.layers.1.mlp.up_proj").unwrap().a);
     }
 }

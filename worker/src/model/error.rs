@@ -15,7 +15,8 @@ pub enum ModelError {
     #[error("checkpoint does not match config.json: {0}")]
     Weight(#[from] WeightError),
     #[error(
-        "model family `{family}` needs its MoE settings (num_experts, num_experts_per_tok, moe_intermediate_size) in config.json; none were given"
+        "model family `{family}` needs its MoE settings (num_experts, num_experts_per_tok, \
+         moe_intermediate_size) in config.json; none were given"
     )]
     UnsupportedFamily { family: &'static str },
     #[error("the batch has no sequences; pass at least one non-empty sequence")]

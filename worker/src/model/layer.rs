@@ -82,9 +82,9 @@ impl<B: Backend> Model<B> {
         be.rope_forward(&mut acts.k, positions, d.kv_heads, d.head_dim, cos, sin);
     }
 
-    /// o_proj + residual → post_attention_layernorm → gated MLP (or the sparse MoE block) + residual. Reads `acts.x` and
-    /// `acts.attn`; writes the rest of `acts` and the layer's output residual `out (rows, H)`.
-    /// `tmp (rows, H)` is scratch.
+    /// o_proj + residual → post_attention_layernorm → gated MLP (or the sparse MoE block) +
+    /// residual. Reads `acts.x` and `acts.attn`; writes the rest of `acts` and the layer's output
+    /// residual `out (rows, H)`. `tmp (rows, H)` is scratch.
     pub(crate) fn attn_out_mlp(
         &self,
         w: &LayerWeights,
