@@ -172,6 +172,14 @@ fn loss_pass(
         output.elementwise_loss.push(elementwise);
     }
     output.metrics = metrics.finish();
+    // Load balance of every sparse MoE layer: the busiest and idlest expert's share of the T·k
+    // routing assignments (1/E each when perfectly balanced). Reported, never enforced.
+    for (layer, fractions) in fwd.moe_expert_fractions() {
+        let max = fractions.iter().copied().fold(0.0f32, f32::max);
+        let min = fractions.iter().copied().fold(1.0f32, f32::min);
+        output.metrics.insert(format!("moe_layer{layer}_expert_frac_max:max"), f64::from(max));
+        output.metrics.insert(format!("moe_layer{layer}_expert_frac_min:min"), f64::from(min));
+    }
     assert!(output.metrics.contains_key("loss:sum"), "every loss reports loss:sum");
     Ok(LossPass { output, dlogprobs })
 }

@@ -11,7 +11,7 @@ use runtime::LoraConfig;
 use super::checkpoint::{read_header, read_state, state_files};
 use super::error::ServiceError;
 use super::fsio::{safetensors_bytes, write_dir};
-use super::peft::{adapter_config, adapter_tensors, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
+use super::peft::{adapter_config, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use super::{convert, served, Run, WorkerService};
 use crate::adapter::lora_sites;
 use crate::loss::LossFn;
@@ -110,10 +110,12 @@ impl WorkerService {
 
     pub(super) fn export_peft(&mut self, run: &str, dir: &Path) -> Result<FromWorker, ServiceError> {
         let r = self.runs.get(run).ok_or_else(|| ServiceError::UnknownRun { run: run.to_string() })?;
+        let model_config = served(&self.models, &r.base_model)?.model.config();
         let config = serde_json::to_vec_pretty(&adapter_config(&r.base_model, &r.state.lora))
             .map_err(|e| ServiceError::Encode { what: ADAPTER_CONFIG, why: e.to_string() })?;
-        let files =
-            [(ADAPTER_CONFIG, config), (ADAPTER_WEIGHTS, safetensors_bytes(&adapter_tensors(&r.state.params, ""))?)];
+        // Standard PEFT keys; MoE expert sites are expanded per expert (shared factor copied into each).
+        let tensors = crate::adapter::peft_tensors(model_config, &r.state.params);
+        let files = [(ADAPTER_CONFIG, config), (ADAPTER_WEIGHTS, safetensors_bytes(&tensors)?)];
         let bytes = write_dir(dir, self.next_write(), &files)?;
         Ok(FromWorker::Saved { bytes })
     }
