@@ -25,3 +25,6 @@ if [[ ! -x "$VENV/bin/python" ]] || ! cmp -s "$REQS" "$VENV/.requirements.txt"; 
     cp "$REQS" "$VENV/.requirements.txt"
 fi
 LATHE_BIN="$PWD/target/release/lathe" "$VENV/bin/python" -m pytest coordinator/tests/sdk -v -p no:cacheprovider
+# The protocol's acceptance steps again, training the built-in mixture-of-experts model.
+LATHE_SDK_TINY_MODEL=tiny/qwen3-moe LATHE_BIN="$PWD/target/release/lathe" "$VENV/bin/python" -m pytest \
+    coordinator/tests/sdk/test_acceptance.py -v -p no:cacheprovider

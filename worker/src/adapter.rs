@@ -160,6 +160,65 @@ pub fn peft_tensors(config: &ModelConfig, weights: &LoraWeights) -> WeightMap {
     map
 }
 
+/// The inverse of [`peft_tensors`] for MoE expert sites: rewrites the per-expert PEFT keys of every
+/// expert site in `map` into the stacked pair lathe stores under [`peft_keys`] of the site path, so
+/// a standard export loads back. Other sites are left as they are.
+///
+/// # Errors
+/// A message naming the site when an expert's tensor is missing or misshapen, or when the
+/// experts' copies of the shared factor differ (an adapter lathe's shared-outer layout cannot hold).
+pub fn stack_peft_experts(
+    config: &ModelConfig,
+    sites: &[LoraSite],
+    rank: usize,
+    map: &mut WeightMap,
+) -> Result<(), String> {
+    for site in sites {
+        let tensors = site_tensors(config, site, rank);
+        let experts = tensors.iter().filter(|t| is_expert_key(&t.key)).count();
+        if experts == 0 {
+            continue;
+        }
+        let Some((module, proj)) = site.path.rsplit_once('.') else { continue };
+        let expert_key = |e: usize, f: Factor| {
+            let f = if f == Factor::A { "A" } else { "B" };
+            format!("base_model.model.{module}.{e}.{proj}.lora_{f}.weight")
+        };
+        let mut a = vec![0.0f32; rank * site.d_in]; // (rank, d_in)
+        let mut b = vec![0.0f32; site.d_out * rank]; // (d_out, rank)
+        for t in &tensors {
+            let shared = !is_expert_key(&t.key);
+            // The shared factor was copied into every expert; read expert 0's copy.
+            let src = if shared { expert_key(0, t.factor) } else { t.key.clone() };
+            let data = match map.tensors.get(&src) {
+                Some(h) if h.shape == t.shape => h.data.clone(),
+                Some(h) => return Err(format!("`{src}` has shape {:?}, expected {:?}", h.shape, t.shape)),
+                None => return Err(format!("`{src}` is missing for expert site `{}`", site.path)),
+            };
+            if shared {
+                for e in 1..experts {
+                    if map.tensors.get(&expert_key(e, t.factor)).map(|h| &h.data) != Some(&data) {
+                        return Err(format!(
+                            "the experts of `{}` hold different {:?} factors; lathe shares that factor across experts",
+                            site.path, t.factor
+                        ));
+                    }
+                }
+            }
+            let dst = if t.factor == Factor::A { &mut a } else { &mut b };
+            dst[t.range.clone()].copy_from_slice(&data);
+        }
+        for e in 0..experts {
+            map.tensors.remove(&expert_key(e, Factor::A));
+            map.tensors.remove(&expert_key(e, Factor::B));
+        }
+        let (key_a, key_b) = peft_keys(&site.path);
+        map.insert(key_a, HostTensor::new(vec![rank, site.d_in], a));
+        map.insert(key_b, HostTensor::new(vec![site.d_out, rank], b));
+    }
+    Ok(())
+}
+
 /// Whether a stored key names one expert's factor (`…mlp.experts.<E>.<proj>…`).
 fn is_expert_key(key: &str) -> bool {
     key.split_once(".mlp.experts.")

@@ -4,8 +4,8 @@
 
 mod service_common;
 
-use runtime::control::{FromWorker, ToWorker};
-use service_common::{batch, call, create_run, fb, served, step};
+use runtime::control::{FromWorker, SamplerAdapter, ToWorker};
+use service_common::{batch, call, create_run, fb, logprobs, request, sample, sampling, served, step};
 use worker::service::WorkerService;
 
 const MOE: &str = "tiny/qwen3-moe";
@@ -54,5 +54,32 @@ fn moe_peft_export_expands_experts_into_standard_keys() {
     }
     assert!(!names.iter().any(|n| n.contains("experts.gate_proj")), "no stacked (non-PEFT) expert keys");
     assert!(names.contains(&"base_model.model.model.layers.1.mlp.gate_proj.lora_A.weight".to_string()));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_moe_peft_export_loads_back_as_a_sampler_with_the_trainers_logprobs() {
+    let mut svc = WorkerService::new(1, vec![served(MOE, false)]);
+    create_run(&mut svc, "r", MOE);
+    fb(&mut svc, "r", batch(), "cross_entropy", false);
+    step(&mut svc, "r", 1e-2); // B ≠ 0, so the expert adapters change the output
+    let dir = std::env::temp_dir().join(format!("lathe-moe-sampler-{}", std::process::id()));
+    let reply = call(&mut svc, ToWorker::ExportPeft { run: "r".into(), dir: dir.clone() });
+    assert!(matches!(reply, FromWorker::Saved { .. }), "{reply:?}");
+    let create = ToWorker::CreateSampler {
+        sampler: "s".into(),
+        base_model: MOE.into(),
+        adapter: SamplerAdapter::Dir(dir.clone()),
+    };
+    assert_eq!(call(&mut svc, create), FromWorker::Done);
+    let prompt = vec![5, 17, 42, 99];
+    let out = sample(&mut svc, request("s", prompt.clone(), 1, sampling(6, 0.0, 0)));
+    let seq = &out.sequences[0];
+    // The trainer's logprobs of the same tokens must equal the sampler's, bit for bit.
+    let mut full = prompt.clone();
+    full.extend(&seq.tokens);
+    let trained = fb(&mut svc, "r", vec![service_common::ce_datum(&full)], "cross_entropy", true);
+    let lp = logprobs(&trained);
+    assert_eq!(&lp[prompt.len() - 1..], &seq.logprobs[..], "sampler (from the PEFT export) vs trainer");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -48,6 +48,11 @@ pub const CATALOG: &[Entry] = &[
         source: Source::BuiltIn,
     },
     Entry { name: "tiny/qwen3", about: "built-in tiny Qwen3 (q/k norm, tied), seeded", source: Source::BuiltIn },
+    Entry {
+        name: "tiny/qwen3-moe",
+        about: "built-in tiny Qwen3-MoE (4 experts, top-2, one dense layer), seeded",
+        source: Source::BuiltIn,
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static Entry> {

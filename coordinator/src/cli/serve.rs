@@ -30,7 +30,8 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:8000")]
     pub listen: SocketAddr,
     /// A model to serve (repeatable): a name from `lathe models`, `tiny/llama3`, a .gguf file or an
-    /// HF directory, or NAME=PATH. Default: HuggingFaceTB/SmolLM2-135M-Instruct, tiny/llama3, tiny/qwen3.
+    /// HF directory, or NAME=PATH. Default: HuggingFaceTB/SmolLM2-135M-Instruct, tiny/llama3, tiny/qwen3,
+    /// tiny/qwen3-moe.
     #[arg(long = "model")]
     pub models: Vec<String>,
     /// Where runs, checkpoints and exports live; a restart with the same directory keeps them.

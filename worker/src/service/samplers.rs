@@ -167,7 +167,10 @@ fn read_adapter_dir(dir: &Path, served: &ServedModel) -> Result<(LoraConfig, Lor
         return Err(ServiceError::checkpoint(dir, format!("the adapter is for base model `{base}`, not `{name}`")));
     }
     let mut tensors = read_tensors(dir, ADAPTER_WEIGHTS)?;
-    let weights =
-        weights_from_tensors(&mut tensors, "", &lora_sites(config, &peft.lora), peft.lora.rank, dir, ADAPTER_WEIGHTS)?;
+    let sites = lora_sites(config, &peft.lora);
+    // A PEFT export lists MoE experts one by one; lathe stores each expert site stacked.
+    crate::adapter::stack_peft_experts(config, &sites, peft.lora.rank, &mut tensors)
+        .map_err(|why| ServiceError::checkpoint(dir, format!("{ADAPTER_WEIGHTS}: {why}")))?;
+    let weights = weights_from_tensors(&mut tensors, "", &sites, peft.lora.rank, dir, ADAPTER_WEIGHTS)?;
     Ok((peft.lora, weights))
 }

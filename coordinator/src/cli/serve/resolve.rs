@@ -19,7 +19,12 @@ pub const TINY_SEED: u64 = 0;
 
 /// The models `lathe serve` serves when no `--model` is given.
 pub fn default_specs() -> Vec<String> {
-    vec![catalog::SMOLLM2.to_string(), "tiny/llama3".to_string(), "tiny/qwen3".to_string()]
+    vec![
+        catalog::SMOLLM2.to_string(),
+        "tiny/llama3".to_string(),
+        "tiny/qwen3".to_string(),
+        "tiny/qwen3-moe".to_string(),
+    ]
 }
 
 /// Where a spec's weights come from, before anything is read.
