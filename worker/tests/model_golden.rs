@@ -5,13 +5,14 @@
 //! Skips with a notice when the fixtures are absent.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns may unwrap too (house rule 5)
 
+mod model_common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use kernels::{Backend, CpuBackend, ReferenceBackend};
 use runtime::{LoraConfig, ModelConfig};
 use safetensors::{Dtype, SafeTensors};
-use serde_json::Value;
 use worker::adapter::{lora_sites, peft_keys, LoraWeights};
 use worker::model::{Model, PackedBatch};
 use worker::tensor::{HostTensor, WeightMap};
@@ -40,28 +41,7 @@ struct Case {
 }
 
 fn read_case(dir: &Path) -> Case {
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
-    let l = &v["lora"];
-    let flag = |k: &str| l[k].as_bool().unwrap();
-    let lora = LoraConfig::new(
-        l["rank"].as_u64().unwrap() as usize,
-        l["alpha"].as_f64().unwrap() as f32,
-        0,
-        flag("train_attn"),
-        flag("train_mlp"),
-        flag("train_unembed"),
-    )
-    .unwrap();
-    let ids = |s: &Value, k: &str| s[k].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-    let seqs = v["sequences"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            let w = s["weights"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
-            (ids(s, "tokens"), ids(s, "targets"), w)
-        })
-        .collect();
+    let (lora, seqs) = model_common::read_golden_case(dir);
     Case { lora, seqs }
 }
 

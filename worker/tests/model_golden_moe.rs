@@ -6,6 +6,8 @@
 //! (losses, pre-clip gradient norms, final adapter) within 1e-4 relative. Skips with a notice when absent.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns may unwrap too (house rule 5)
 
+mod model_common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -21,7 +23,7 @@ use worker::tensor::{HostTensor, WeightMap};
 use worker::train::Datum;
 
 /// `(tokens, targets, weights)` of one fixture sequence.
-type Seq = (Vec<u32>, Vec<u32>, Vec<f32>);
+type Seq = model_common::GoldenSeq;
 
 const NAME: &str = "tiny-qwen3-moe";
 
@@ -47,32 +49,8 @@ fn json(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// The case's LoRA config and `(tokens, targets, weights)` per sequence.
 fn read_case(dir: &Path) -> (LoraConfig, Vec<Seq>) {
-    let v = json(&dir.join("case.json"));
-    let l = &v["lora"];
-    let flag = |k: &str| l[k].as_bool().unwrap();
-    let rank = l["rank"].as_u64().unwrap() as usize;
-    let lora = LoraConfig::new(
-        rank,
-        l["alpha"].as_f64().unwrap() as f32,
-        0,
-        flag("train_attn"),
-        flag("train_mlp"),
-        flag("train_unembed"),
-    )
-    .unwrap();
-    let ids = |s: &Value, k: &str| s[k].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-    let seqs = v["sequences"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            let w = s["weights"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
-            (ids(s, "tokens"), ids(s, "targets"), w)
-        })
-        .collect();
-    (lora, seqs)
+    model_common::read_golden_case(dir)
 }
 
 /// The adapter stored under the fixture's keys, resolved into lathe's stacked sites.

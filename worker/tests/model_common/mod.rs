@@ -48,3 +48,34 @@ pub fn assert_bits_eq(a: &[f32], b: &[f32], what: &str) {
         panic!("{what}: index {i} differs: {} vs {}", a[i], b[i]);
     }
 }
+
+/// One golden sequence: `(tokens, targets, weights)`.
+pub type GoldenSeq = (Vec<u32>, Vec<u32>, Vec<f32>);
+
+/// A golden fixture's `case.json` (written by ops/golden/generate.py): its LoRA config and sequences.
+pub fn read_golden_case(dir: &std::path::Path) -> (LoraConfig, Vec<GoldenSeq>) {
+    use serde_json::Value;
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
+    let l = &v["lora"];
+    let flag = |k: &str| l[k].as_bool().unwrap();
+    let lora = LoraConfig::new(
+        l["rank"].as_u64().unwrap() as usize,
+        l["alpha"].as_f64().unwrap() as f32,
+        0,
+        flag("train_attn"),
+        flag("train_mlp"),
+        flag("train_unembed"),
+    )
+    .unwrap();
+    let ids = |s: &Value, k: &str| s[k].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+    let seqs = v["sequences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let w = s["weights"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+            (ids(s, "tokens"), ids(s, "targets"), w)
+        })
+        .collect();
+    (lora, seqs)
+}
