@@ -123,6 +123,8 @@ pub enum ToWorker {
         sampler: String,
     },
     Sample(SampleRequest),
+    /// Reports the worker's memory: base models, each run and sampler, totals and the budget.
+    Memory,
 }
 
 /// Where a sampler's adapter comes from.
@@ -225,6 +227,52 @@ pub enum FromWorker {
         category: ErrorCategory,
         message: String,
     },
+    /// The answer to `ToWorker::Memory`.
+    Memory(MemoryReport),
+}
+
+/// One training run's share of worker memory. Every value is f32 (4 bytes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunMemory {
+    pub base_model: String,
+    /// The LoRA factors A and B of every adapted module.
+    pub adapter_bytes: u64,
+    /// The accumulated gradients (the adapter's shapes).
+    pub gradient_bytes: u64,
+    /// AdamW's first and second moments together.
+    pub adam_bytes: u64,
+    /// adapter + gradients + Adam.
+    pub total_bytes: u64,
+}
+
+/// One sampler's share of worker memory: its frozen adapter copy (0 when it samples the base model alone).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SamplerMemory {
+    pub base_model: String,
+    pub adapter_bytes: u64,
+}
+
+/// What a worker holds in memory, by owner, against its budget (`--memory-bytes-max`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryReport {
+    /// Served base model name → bytes of its frozen weights.
+    pub base_models: BTreeMap<String, u64>,
+    /// Training run id → its bytes.
+    pub runs: BTreeMap<String, RunMemory>,
+    /// Sampler id → its bytes.
+    pub samplers: BTreeMap<String, SamplerMemory>,
+    /// Sum of `base_models`.
+    pub base_bytes: u64,
+    /// Sum of the runs' `total_bytes`.
+    pub runs_bytes: u64,
+    /// Sum of the samplers' `adapter_bytes`.
+    pub samplers_bytes: u64,
+    /// base + runs + samplers.
+    pub used_bytes: u64,
+    /// The budget; `None` when the worker runs without one.
+    pub budget_bytes: Option<u64>,
+    /// budget − used (0 when over), `None` without a budget.
+    pub free_bytes: Option<u64>,
 }
 
 /// A base model a worker serves, as the coordinator advertises it.
