@@ -2,8 +2,10 @@
 //! by HF name with every shape checked against the config, plus the derived dimensions the layer
 //! code uses. Never mutated after load: the base model is frozen and only LoRA factors train.
 
+use kernels::Backend;
 use runtime::{Family, ModelConfig};
 
+use super::dense::Model;
 use super::moe::MoeWeights;
 use super::ModelError;
 use crate::tensor::WeightMap;
@@ -135,5 +137,46 @@ impl DenseWeights {
         let tied = config.tie_word_embeddings || !map.contains("lm_head.weight");
         let lm_head = if tied { None } else { Some(map.take("lm_head.weight", &[d.vocab, h])?.data) };
         Ok(DenseWeights { embed_tokens, layers, norm, lm_head })
+    }
+}
+
+impl DenseWeights {
+    /// Number of f32 values across every base tensor (a tied unembedding counted once).
+    pub fn numel(&self) -> usize {
+        let opt = |v: &Option<Vec<f32>>| v.as_ref().map_or(0, Vec::len);
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                let moe = l
+                    .moe
+                    .as_ref()
+                    .map_or(0, |m| m.router.len() + m.gate_proj.len() + m.up_proj.len() + m.down_proj.len());
+                l.input_layernorm.len()
+                    + l.q_proj.len()
+                    + l.k_proj.len()
+                    + l.v_proj.len()
+                    + l.o_proj.len()
+                    + opt(&l.q_bias)
+                    + opt(&l.k_bias)
+                    + opt(&l.v_bias)
+                    + opt(&l.q_norm)
+                    + opt(&l.k_norm)
+                    + l.post_attention_layernorm.len()
+                    + l.gate_proj.len()
+                    + l.up_proj.len()
+                    + l.down_proj.len()
+                    + moe
+            })
+            .sum();
+        self.embed_tokens.len() + layers + self.norm.len() + opt(&self.lm_head)
+    }
+}
+
+impl<B: Backend> Model<B> {
+    /// Bytes of the frozen base weights (f32, 4 bytes a value), what the model costs the worker's
+    /// memory budget before any adapter.
+    pub fn weight_bytes(&self) -> u64 {
+        self.weights.numel() as u64 * 4
     }
 }

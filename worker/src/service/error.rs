@@ -8,6 +8,7 @@ use runtime::control::{ErrorCategory, FromWorker};
 use runtime::ConfigError;
 use thiserror::Error;
 
+use super::memory::BudgetRefusal;
 use crate::load::LoadError;
 use crate::loss::{LossConfigError, TensorShapeError};
 use crate::model::ModelError;
@@ -53,6 +54,9 @@ pub enum ServiceError {
     Encode { what: &'static str, why: String },
     #[error("the tokenizer of `{model}` cannot decode sampled tokens to check stop strings: {why}")]
     Decode { model: String, why: String },
+    /// A run or sampler would exceed the worker's memory budget; nothing was allocated.
+    #[error("{0}")]
+    MemoryBudget(BudgetRefusal),
 }
 
 impl ServiceError {

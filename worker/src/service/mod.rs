@@ -3,6 +3,9 @@
 //! model plus an optional frozen adapter), and answers every `Envelope` with exactly one
 //! `FromWorker`. Errors never escape as panics: they become `Failed { category, message }`.
 //!
+//! Memory: with a budget (`with_memory_budget`), a run or sampler that would not fit is refused
+//! before anything is allocated (see `memory`); `ToWorker::Memory` reports what is held.
+//!
 //! Generations: an envelope older than the newest generation seen is refused as
 //! `Failed { Server, "stale generation …" }`; a newer one is adopted. Files are written only into
 //! the directories the coordinator names (see `fsio` for how), never elsewhere.
@@ -11,6 +14,7 @@ mod checkpoint;
 mod convert;
 mod error;
 mod fsio;
+mod memory;
 mod peft;
 mod prompt;
 mod runs;
@@ -25,6 +29,7 @@ use runtime::LoraConfig;
 use tokenizers::Tokenizer;
 
 pub use error::ServiceError;
+pub use memory::{BudgetRefusal, Need, RunBytes};
 
 use crate::adapter::LoraWeights;
 use crate::model::Model;
@@ -58,6 +63,8 @@ pub struct WorkerService {
     samplers: BTreeMap<String, Sampler>,
     /// Counts directory writes, naming their temporary siblings uniquely.
     writes: u64,
+    /// Base models, runs and samplers together may hold at most this many bytes (`None`: no limit).
+    memory_budget_bytes: Option<u64>,
 }
 
 impl WorkerService {
@@ -71,7 +78,14 @@ impl WorkerService {
             let name = m.info.name.clone();
             assert!(by_name.insert(name.clone(), m).is_none(), "base model `{name}` is served twice");
         }
-        WorkerService { generation, models: by_name, runs: BTreeMap::new(), samplers: BTreeMap::new(), writes: 0 }
+        WorkerService {
+            generation,
+            models: by_name,
+            runs: BTreeMap::new(),
+            samplers: BTreeMap::new(),
+            writes: 0,
+            memory_budget_bytes: None,
+        }
     }
 
     /// The newest generation seen.
@@ -115,6 +129,7 @@ impl WorkerService {
                 Ok(FromWorker::Done)
             }
             ToWorker::Sample(req) => self.sample(&req),
+            ToWorker::Memory => Ok(FromWorker::Memory(self.memory_report())),
         }
     }
 
