@@ -11,6 +11,7 @@ use runtime::LoraConfig;
 use super::checkpoint::{read_header, read_state, state_files};
 use super::error::ServiceError;
 use super::fsio::{safetensors_bytes, write_dir};
+use super::memory::{adapter_values, Need, RunBytes};
 use super::peft::{adapter_config, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use super::{convert, served, Run, WorkerService};
 use crate::adapter::lora_sites;
@@ -30,7 +31,10 @@ impl WorkerService {
         if self.runs.contains_key(&run) {
             return Err(ServiceError::RunExists { run });
         }
-        let state = TrainState::new(&lora_sites(served.model.config(), &lora), &lora);
+        let sites = lora_sites(served.model.config(), &lora);
+        let bytes = RunBytes::for_values(adapter_values(&sites, lora.rank));
+        self.admit(Need::Run { action: "create_model", run: run.clone(), bytes })?;
+        let state = TrainState::new(&sites, &lora);
         self.runs.insert(run, Run { base_model: base_model.to_string(), state });
         Ok(FromWorker::Done)
     }
@@ -71,7 +75,8 @@ impl WorkerService {
     }
 
     /// Creates `run` from a checkpoint, or replaces the state of an existing `run` (which must be
-    /// on the same base model with the same LoRA shape).
+    /// on the same base model with the same LoRA shape, so its size does not change). A new run
+    /// must fit the memory budget.
     pub(super) fn load_state(&mut self, run: String, dir: &Path, optimizer: bool) -> Result<FromWorker, ServiceError> {
         let header = read_header(dir)?;
         let served = self.models.get(&header.base_model).ok_or_else(|| {
@@ -102,6 +107,10 @@ impl WorkerService {
                     format!("its LoRA config {want:?} differs from training run `{run}`'s {have:?}"),
                 ));
             }
+        } else {
+            let sites = lora_sites(served.model.config(), &header.lora);
+            let bytes = RunBytes::for_values(adapter_values(&sites, header.lora.rank));
+            self.admit(Need::Run { action: "load_state", run: run.clone(), bytes })?;
         }
         let state = read_state(dir, &header, served.model.config(), optimizer)?;
         self.runs.insert(run, Run { base_model: header.base_model, state });

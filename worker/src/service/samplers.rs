@@ -2,15 +2,16 @@
 //! directory, or a snapshot of a live run's adapter) and sample from it, with stop token ids, stop
 //! strings, EOS, prompt logprobs and top-k alternatives.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use runtime::control::{
     FromWorker, SampleRequest, SampleResult, SampledSequence, SamplerAdapter, StopReason as WireStop,
 };
 use runtime::LoraConfig;
 
-use super::checkpoint::{is_state_dir, read_header, read_state};
+use super::checkpoint::{is_state_dir, read_header, read_state, StateFile};
 use super::error::ServiceError;
+use super::memory::{adapter_values, weights_bytes, Need, F32_BYTES};
 use super::peft::{parse_adapter_config, read_tensors, weights_from_tensors, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use super::prompt::score_prompt;
 use super::stop::StopStrings;
@@ -29,9 +30,15 @@ impl WorkerService {
         if self.samplers.contains_key(&sampler) {
             return Err(ServiceError::SamplerExists { sampler });
         }
-        let adapter = match adapter {
-            SamplerAdapter::None => None,
-            SamplerAdapter::Dir(dir) => Some(read_adapter_dir(&dir, served)?),
+        // Everything is checked and the adapter's size known before anything is read or copied.
+        let (source, adapter_bytes) = match adapter {
+            SamplerAdapter::None => (Source::None, 0),
+            SamplerAdapter::Dir(dir) => {
+                let found = inspect_adapter_dir(&dir, served)?;
+                let lora = found.lora();
+                let values = adapter_values(&lora_sites(served.model.config(), lora), lora.rank);
+                (Source::Dir(dir, found), values * F32_BYTES)
+            }
             SamplerAdapter::LiveRun(run) => {
                 let r = self.runs.get(&run).ok_or(ServiceError::UnknownRun { run: run.clone() })?;
                 if r.base_model != base_model {
@@ -40,6 +47,16 @@ impl WorkerService {
                         why: format!("training run `{run}` is on `{}`, not `{base_model}`", r.base_model),
                     });
                 }
+                let bytes = weights_bytes(&r.state.params);
+                (Source::LiveRun(run), bytes)
+            }
+        };
+        self.admit(Need::Sampler { sampler: sampler.clone(), adapter_bytes })?;
+        let adapter = match source {
+            Source::None => None,
+            Source::Dir(dir, found) => Some(read_adapter_dir(&dir, served, found)?),
+            Source::LiveRun(run) => {
+                let r = self.runs.get(&run).ok_or(ServiceError::UnknownRun { run: run.clone() })?;
                 Some((r.state.lora.clone(), r.state.params.clone()))
             }
         };
@@ -143,10 +160,34 @@ fn check_request(req: &SampleRequest, served: &ServedModel) -> Result<(), Servic
     Ok(())
 }
 
-/// Reads the adapter of a training checkpoint or a PEFT directory for `served`.
-fn read_adapter_dir(dir: &Path, served: &ServedModel) -> Result<(LoraConfig, LoraWeights), ServiceError> {
+/// Where a new sampler's adapter comes from, once checked.
+enum Source {
+    None,
+    Dir(PathBuf, AdapterDir),
+    LiveRun(String),
+}
+
+/// An adapter directory as its small config file describes it.
+enum AdapterDir {
+    /// A training checkpoint (`state.json`).
+    State(StateFile),
+    /// A PEFT adapter (`adapter_config.json`).
+    Peft(LoraConfig),
+}
+
+impl AdapterDir {
+    fn lora(&self) -> &LoraConfig {
+        match self {
+            AdapterDir::State(header) => &header.lora,
+            AdapterDir::Peft(lora) => lora,
+        }
+    }
+}
+
+/// Reads and checks the config of a training checkpoint or a PEFT directory for `served`,
+/// without reading its tensors.
+fn inspect_adapter_dir(dir: &Path, served: &ServedModel) -> Result<AdapterDir, ServiceError> {
     let name = &served.info.name;
-    let config = served.model.config();
     if is_state_dir(dir) {
         let header = read_header(dir)?;
         if &header.base_model != name {
@@ -155,8 +196,7 @@ fn read_adapter_dir(dir: &Path, served: &ServedModel) -> Result<(LoraConfig, Lor
                 format!("it was saved from base model `{}`, not `{name}`", header.base_model),
             ));
         }
-        let state = read_state(dir, &header, config, false)?;
-        return Ok((state.lora, state.params));
+        return Ok(AdapterDir::State(header));
     }
     let path = dir.join(ADAPTER_CONFIG);
     let text = std::fs::read_to_string(&path).map_err(|e| {
@@ -166,11 +206,28 @@ fn read_adapter_dir(dir: &Path, served: &ServedModel) -> Result<(LoraConfig, Lor
     if let Some(base) = peft.base_model.as_ref().filter(|b| *b != name) {
         return Err(ServiceError::checkpoint(dir, format!("the adapter is for base model `{base}`, not `{name}`")));
     }
+    Ok(AdapterDir::Peft(peft.lora))
+}
+
+/// Reads the adapter tensors of `dir`, which [`inspect_adapter_dir`] described as `found`.
+fn read_adapter_dir(
+    dir: &Path,
+    served: &ServedModel,
+    found: AdapterDir,
+) -> Result<(LoraConfig, LoraWeights), ServiceError> {
+    let config = served.model.config();
+    let lora = match found {
+        AdapterDir::State(header) => {
+            let state = read_state(dir, &header, config, false)?;
+            return Ok((state.lora, state.params));
+        }
+        AdapterDir::Peft(lora) => lora,
+    };
     let mut tensors = read_tensors(dir, ADAPTER_WEIGHTS)?;
-    let sites = lora_sites(config, &peft.lora);
+    let sites = lora_sites(config, &lora);
     // A PEFT export lists MoE experts one by one; lathe stores each expert site stacked.
-    crate::adapter::stack_peft_experts(config, &sites, peft.lora.rank, &mut tensors)
+    crate::adapter::stack_peft_experts(config, &sites, lora.rank, &mut tensors)
         .map_err(|why| ServiceError::checkpoint(dir, format!("{ADAPTER_WEIGHTS}: {why}")))?;
-    let weights = weights_from_tensors(&mut tensors, "", &sites, peft.lora.rank, dir, ADAPTER_WEIGHTS)?;
-    Ok((peft.lora, weights))
+    let weights = weights_from_tensors(&mut tensors, "", &sites, lora.rank, dir, ADAPTER_WEIGHTS)?;
+    Ok((lora, weights))
 }
