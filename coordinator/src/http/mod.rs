@@ -1,9 +1,11 @@
-//! The Tinker HTTP API (tinker-protocol.md §2): the router, authentication (X-API-Key → tenant,
-//! put into request extensions), and the small helpers every handler shares. Handlers live in
-//! one file per area; they validate, update the shared state and hand work to executors.
+//! The Tinker HTTP API (tinker-protocol.md §2) and lathe's own `/lathe/v1` endpoints: the router,
+//! authentication (X-API-Key → tenant, put into request extensions), and the small helpers every
+//! handler shares. Handlers live in one file per area; they validate, update the shared state and
+//! hand work to executors.
 
 mod bootstrap;
 mod files;
+mod memory;
 mod rest;
 mod retrieve;
 mod sampling;
@@ -59,11 +61,16 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/checkpoints", get(rest::list_user_checkpoints))
         .route("/weights_info", post(rest::weights_info))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&app), authenticate));
+    // lathe's own endpoints, outside the Tinker API.
+    let lathe = Router::new()
+        .route("/memory", get(memory::memory))
+        .route_layer(middleware::from_fn_with_state(Arc::clone(&app), authenticate));
     let open = Router::new()
         .route("/healthz", get(bootstrap::healthz))
         .route("/download/{run}/{name}/{file}", get(files::download));
     Router::new()
         .nest("/api/v1", v1.merge(open))
+        .nest("/lathe/v1", lathe)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(app)

@@ -1,5 +1,5 @@
 //! Helpers of the in-process HTTP tests: a fake `WorkerLink` that answers every control message
-//! with deterministic echo results and records what it was sent, a raw HTTP/1.1 client, and a
+//! with deterministic echo results (and a memory report the test sets) and records what it was sent, a raw HTTP/1.1 client, and a
 //! running coordinator on a random loopback port with a `ManualClock`.
 #![allow(clippy::unwrap_used, dead_code)]
 
@@ -22,6 +22,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[derive(Default)]
 pub struct FakeWorker {
     pub calls: Mutex<Vec<ToWorker>>,
+    /// The answer to `ToWorker::Memory`; without one it fails as a server error.
+    pub memory: Mutex<Option<MemoryReport>>,
 }
 
 impl FakeWorker {
@@ -87,6 +89,10 @@ impl FakeWorker {
                 prompt_logprobs: None,
                 topk_prompt_logprobs: None,
             }),
+            ToWorker::Memory => match self.memory.lock().unwrap().clone() {
+                Some(report) => FromWorker::Memory(report),
+                None => FromWorker::Failed { category: ErrorCategory::Server, message: "no report set".into() },
+            },
             _ => FromWorker::Done,
         }
     }
