@@ -3,6 +3,7 @@
 //! the coordinator's HTTP API until the process is stopped. Without `--api-keys` it only binds a
 //! loopback address and accepts any `tml-` key as one local tenant.
 
+pub mod budget;
 pub mod link;
 pub mod resolve;
 
@@ -45,6 +46,11 @@ pub struct ServeArgs {
     /// (default: http://<listen address>).
     #[arg(long)]
     pub public_url: Option<String>,
+    /// The worker's memory budget in bytes: base models, training runs (adapter, gradients, Adam
+    /// state) and samplers together; a create_model beyond it fails with a user error.
+    /// Default: 90% of MemTotal in /proc/meminfo (no budget where that cannot be read).
+    #[arg(long)]
+    pub memory_bytes_max: Option<u64>,
 }
 
 pub fn run(args: &ServeArgs) -> Result<()> {
@@ -60,8 +66,11 @@ pub fn run(args: &ServeArgs) -> Result<()> {
 
     let specs = if args.models.is_empty() { resolve::default_specs() } else { args.models.clone() };
     let specs: Vec<Spec> = specs.iter().map(|s| resolve::parse_spec(s)).collect::<Result<_>>()?;
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
+    let budget = budget::choose(args.memory_bytes_max, meminfo.as_deref());
     let hf_cache = catalog::models_dir().join("hf");
     let mut served = Vec::with_capacity(specs.len());
+    let mut base_bytes = Vec::with_capacity(specs.len());
     for spec in &specs {
         let model = into_served(resolve::load(spec, &hf_cache)?)?;
         if served.iter().any(|m: &ServedModel| m.info.name == model.info.name) {
@@ -70,17 +79,21 @@ pub fn run(args: &ServeArgs) -> Result<()> {
                 model.info.name
             );
         }
+        // Checked after each model, so a list that cannot fit stops at the first model too many.
+        base_bytes.push((model.info.name.clone(), model.model.weight_bytes()));
+        budget::check_base_fits(&base_bytes, &budget)?;
         served.push(model);
     }
     let infos: Vec<_> = served.iter().map(|m| m.info.clone()).collect();
     let names: Vec<String> = infos.iter().map(|m| m.name.clone()).collect();
 
-    let mut service = WorkerService::new(GENERATION, served);
+    let mut service = WorkerService::new(GENERATION, served).with_memory_budget(budget.bytes);
+    let memory_line = budget::describe(&budget, service.memory_report().base_bytes);
     let link =
         InProcessLink::spawn("lathe-worker", move |msg| service.handle(msg)).context("starting the worker thread")?;
 
     let base_url = args.public_url.clone().unwrap_or_else(|| format!("http://{}", args.listen));
-    print!("{}", banner(&base_url, args.api_keys.is_some(), &names, &data_dir));
+    print!("{}", banner(&base_url, args.api_keys.is_some(), &names, &data_dir, &memory_line));
 
     let config = coordinator::ServeConfig {
         listen: args.listen,
@@ -127,8 +140,9 @@ fn default_data_dir() -> PathBuf {
     home.join(".local").join("share").join("lathe")
 }
 
-/// What `lathe serve` prints on start: the URL, the key policy, the models and an SDK snippet.
-fn banner(base_url: &str, keyed: bool, models: &[String], data_dir: &std::path::Path) -> String {
+/// What `lathe serve` prints on start: the URL, the key policy, the models, the data directory, the
+/// memory budget line and an SDK snippet.
+fn banner(base_url: &str, keyed: bool, models: &[String], data_dir: &std::path::Path, memory: &str) -> String {
     let key_line = if keyed {
         "API keys: from --api-keys; each key acts for its tenant only".to_string()
     } else {
@@ -142,6 +156,7 @@ fn banner(base_url: &str, keyed: bool, models: &[String], data_dir: &std::path::
          {key_line}\n\
          models: {}\n\
          data: {}\n\
+         {memory}\n\
          \n\
          Use it from the official SDK (pip install tinker==0.38.0):\n\
          \x20 export TINKER_BASE_URL={base_url}\n\
@@ -175,14 +190,15 @@ mod tests {
     #[test]
     fn the_banner_names_the_url_the_key_policy_and_a_served_model() {
         let models = vec!["tiny/llama3".to_string(), "tiny/qwen3".to_string()];
-        let text = banner("http://127.0.0.1:9", false, &models, std::path::Path::new("/d"));
+        let text = banner("http://127.0.0.1:9", false, &models, std::path::Path::new("/d"), "memory budget: 1.0 MiB");
         assert!(text.contains("at http://127.0.0.1:9\n"), "{text}");
         assert!(text.contains("export TINKER_BASE_URL=http://127.0.0.1:9"), "{text}");
         assert!(text.contains("export TINKER_API_KEY=tml-"), "{text}");
         assert!(text.contains("any key starting with `tml-` is accepted"), "{text}");
         assert!(text.contains("base_model=\"tiny/llama3\", rank=8).result()"), "{text}");
         assert!(text.contains("models: tiny/llama3, tiny/qwen3"), "{text}");
-        let keyed = banner("http://h:1", true, &models, std::path::Path::new("/d"));
+        assert!(text.contains("data: /d\nmemory budget: 1.0 MiB\n"), "{text}");
+        let keyed = banner("http://h:1", true, &models, std::path::Path::new("/d"), "");
         assert!(!keyed.contains("any key starting"), "{keyed}");
     }
 }
