@@ -3,7 +3,7 @@
 use thiserror::Error;
 
 /// A model or LoRA configuration that lathe cannot use. Messages name the offending field.
-#[derive(Debug, Error, PartialEq)]
+#[derive(Clone, Debug, Error, PartialEq)]
 pub enum ConfigError {
     #[error("config.json is not valid JSON: {0}")]
     Json(String),

@@ -30,7 +30,7 @@ impl HostTensor {
 }
 
 /// A weight the model asked for that the checkpoint does not provide as expected.
-#[derive(Debug, Error, PartialEq)]
+#[derive(Clone, Debug, Error, PartialEq)]
 pub enum WeightError {
     #[error("weight `{name}` is missing from the checkpoint")]
     Missing { name: String },

@@ -10,10 +10,12 @@
 use std::collections::BTreeMap;
 
 use kernels::Backend;
+use runtime::LoraConfig;
 use thiserror::Error;
 
+use crate::adapter::LoraWeights;
 use crate::loss::{target_tokens, DatumLoss, LossFn, LossInputError, LossInputs, Metrics, Targets};
-use crate::model::{Forward, Model, ModelError, PackedBatch};
+use crate::model::{Forward, Model, ModelError, PackedBatch, Tenant};
 use crate::optim::TrainState;
 
 /// One training example: the model input tokens and the loss's inputs (`target_tokens` among them,
@@ -37,7 +39,7 @@ pub struct FbOutput {
 
 /// A request that cannot be run. Everything except `Model` is the client's fault and names the
 /// datum; `Model` is a mismatch between the adapter and the model, or a model-side limit.
-#[derive(Debug, Error, PartialEq)]
+#[derive(Clone, Debug, Error, PartialEq)]
 pub enum TrainError {
     #[error("the request has no datums; send at least one")]
     NoData,
@@ -55,11 +57,13 @@ pub enum TrainError {
     Model(#[from] ModelError),
 }
 
-/// What the loss pass over a forward produced: the outputs, and the upstream gradient of the
-/// whole batch for backward.
-struct LossPass {
-    output: FbOutput,
-    dlogprobs: Vec<f32>, // (T, k_batch)
+/// One training run's share of a multi-tenant step: its state, its datums and loss, and whether
+/// to accumulate gradients (`forward_backward`) or only report (`forward`).
+pub struct StepItem<'a> {
+    pub state: &'a mut TrainState,
+    pub data: &'a [Datum],
+    pub loss: &'a LossFn,
+    pub backward: bool,
 }
 
 impl TrainState {
@@ -74,9 +78,8 @@ impl TrainState {
         data: &[Datum],
         loss: &LossFn,
     ) -> Result<FbOutput, TrainError> {
-        let (batch, fwd, pass) = self.forward_and_loss(model, data, loss)?;
-        model.backward(&fwd, &batch, &pass.dlogprobs, (&self.lora, &self.params), &mut self.grads)?;
-        Ok(pass.output)
+        let item = StepItem { state: self, data, loss, backward: true };
+        step_many(model, &mut [item]).pop().expect("one result per item")
     }
 
     /// Forward and loss over `data` without backward: the same outputs and metrics as
@@ -85,24 +88,144 @@ impl TrainState {
     /// # Errors
     /// As [`Self::forward_backward`].
     pub fn forward<B: Backend>(&self, model: &Model<B>, data: &[Datum], loss: &LossFn) -> Result<FbOutput, TrainError> {
-        Ok(self.forward_and_loss(model, data, loss)?.2.output)
+        let targets = validate(model, data, loss)?;
+        check_adapter(model, self)?;
+        let run = RunRef { lora: &self.lora, params: &self.params, data, targets: &targets };
+        let (batch, fwd) = forward_pass(model, &[run])?;
+        let mut dlogprobs = vec![0.0f32; fwd.logprobs.len()]; // (T, k_batch), unused without backward
+        loss_pass(&batch, &fwd, 0..data.len(), data, &targets, loss, &mut dlogprobs)
+    }
+}
+
+/// One multi-tenant step: the datums of every item packed into one batch on `model`, one forward
+/// (each run's sequences through its own adapter), each run's loss on its own datums, and one
+/// backward whose gradients go to each backward item's own state. Results are in item order.
+///
+/// Every run gets exactly what it would get stepped alone — outputs, metrics and gradients, bit
+/// for bit — because every op is row-invariant and every LoRA reduction sees only its run's
+/// sequences (see `model::Tenant`). An item whose request is malformed gets its error and changes
+/// nothing; the others go ahead without it.
+pub fn step_many<B: Backend>(model: &Model<B>, items: &mut [StepItem<'_>]) -> Vec<Result<FbOutput, TrainError>> {
+    let mut results: Vec<Option<Result<FbOutput, TrainError>>> = Vec::with_capacity(items.len());
+    let mut targets: Vec<Vec<Targets>> = Vec::with_capacity(items.len());
+    for it in items.iter() {
+        match validate(model, it.data, it.loss).and_then(|t| check_adapter(model, it.state).map(|()| t)) {
+            Ok(t) => {
+                targets.push(t);
+                results.push(None);
+            }
+            Err(e) => {
+                targets.push(Vec::new());
+                results.push(Some(Err(e)));
+            }
+        }
+    }
+    let live: Vec<usize> = (0..items.len()).filter(|&i| results[i].is_none()).collect();
+    if !live.is_empty() {
+        let outcome = run_live(model, items, &live, &targets);
+        for (i, r) in live.iter().zip(outcome) {
+            results[*i] = Some(r);
+        }
+    }
+    results.into_iter().map(|r| r.expect("every item has a result")).collect()
+}
+
+/// What the forward pass reads of one run.
+struct RunRef<'a> {
+    lora: &'a LoraConfig,
+    params: &'a LoraWeights,
+    data: &'a [Datum],
+    targets: &'a [Targets],
+}
+
+/// Packs the datums of `runs` (all validated) into one batch, targets widened to the largest k,
+/// and runs the forward with each run's adapter on its own sequences.
+fn forward_pass<B: Backend>(model: &Model<B>, runs: &[RunRef<'_>]) -> Result<(PackedBatch, Forward), TrainError> {
+    let k_batch = runs.iter().flat_map(|r| r.targets.iter().map(|t| t.k)).max().ok_or(TrainError::NoData)?;
+    let padded: Vec<Vec<u32>> = runs.iter().flat_map(|r| r.targets.iter().map(|t| pad_targets(t, k_batch))).collect();
+    let tokens = runs.iter().flat_map(|r| r.data.iter().map(|d| &d.tokens[..]));
+    let seqs: Vec<(&[u32], &[u32])> = tokens.zip(&padded).map(|(d, t)| (d, &t[..])).collect();
+    let batch = PackedBatch::new(&seqs, k_batch)?;
+    let tenants: Vec<Tenant<'_>> =
+        runs.iter().map(|r| Tenant { seqs: r.data.len(), lora: Some((r.lora, r.params)) }).collect();
+    let fwd = model.forward_tenants(&batch, &tenants)?;
+    Ok((batch, fwd))
+}
+
+/// The packed pass over the items `live` (all validated), results in `live`'s order.
+fn run_live<B: Backend>(
+    model: &Model<B>,
+    items: &mut [StepItem<'_>],
+    live: &[usize],
+    targets: &[Vec<Targets>],
+) -> Vec<Result<FbOutput, TrainError>> {
+    let counts: Vec<usize> = live.iter().map(|&i| items[i].data.len()).collect();
+    let runs: Vec<RunRef<'_>> = live
+        .iter()
+        .map(|&i| {
+            let it = &items[i];
+            RunRef { lora: &it.state.lora, params: &it.state.params, data: it.data, targets: &targets[i] }
+        })
+        .collect();
+    let pass = forward_pass(model, &runs);
+    drop(runs);
+    let (batch, fwd) = match pass {
+        Ok(p) => p,
+        Err(e) => return live.iter().map(|_| Err(e.clone())).collect(),
+    };
+    let mut dlogprobs = vec![0.0f32; fwd.logprobs.len()]; // (T, k_batch)
+    let mut outs = Vec::with_capacity(live.len());
+    let mut first_seq = 0;
+    for (&i, &n) in live.iter().zip(&counts) {
+        let it = &items[i];
+        let seq_range = first_seq..first_seq + n;
+        first_seq = seq_range.end;
+        outs.push(loss_pass(&batch, &fwd, seq_range, it.data, &targets[i], it.loss, &mut dlogprobs));
     }
 
-    fn forward_and_loss<B: Backend>(
-        &self,
-        model: &Model<B>,
-        data: &[Datum],
-        loss: &LossFn,
-    ) -> Result<(PackedBatch, Forward, LossPass), TrainError> {
-        let targets = validate(model, data, loss)?;
-        let k_batch = targets.iter().map(|t| t.k).max().expect("validate rejects an empty request");
-        let padded: Vec<Vec<u32>> = targets.iter().map(|t| pad_targets(t, k_batch)).collect();
-        let seqs: Vec<(&[u32], &[u32])> = data.iter().zip(&padded).map(|(d, t)| (&d.tokens[..], &t[..])).collect();
-        let batch = PackedBatch::new(&seqs, k_batch)?;
-        let fwd = model.forward(&batch, Some((&self.lora, &self.params)))?;
-        let pass = loss_pass(&batch, &fwd, data, &targets, loss)?;
-        Ok((batch, fwd, pass))
+    // Gradients only for backward items whose loss succeeded. Every other item's rows get a zero
+    // upstream gradient and no gradient buffer: its rows never mix with another's, so leaving
+    // it out of the backward changes nobody's gradients.
+    let wants: Vec<bool> = live.iter().zip(&outs).map(|(&i, o)| items[i].backward && o.is_ok()).collect();
+    if !wants.contains(&true) {
+        return outs;
     }
+    let k = batch.k;
+    let mut seq = 0;
+    for (&n, &w) in counts.iter().zip(&wants) {
+        let rows = batch.cu_seqlens[seq]..batch.cu_seqlens[seq + n];
+        if !w {
+            dlogprobs[rows.start * k..rows.end * k].fill(0.0);
+        }
+        seq += n;
+    }
+    let mut tenants = Vec::with_capacity(live.len());
+    let mut grads: Vec<Option<&mut LoraWeights>> = Vec::with_capacity(live.len());
+    let mut wanted = wants.iter();
+    for (i, it) in items.iter_mut().enumerate() {
+        if !live.contains(&i) {
+            continue;
+        }
+        let w = *wanted.next().expect("one flag per live item");
+        let TrainState { lora, params, grads: g, .. } = &mut *it.state;
+        tenants.push(Tenant { seqs: it.data.len(), lora: Some((&*lora, &*params)) });
+        grads.push(if w { Some(g) } else { None });
+    }
+    if let Err(e) = model.backward_tenants(&fwd, &batch, &dlogprobs, &tenants, &mut grads) {
+        // Backward checks before it adds anything, so every state is still unchanged.
+        let e = TrainError::from(e);
+        for (out, &w) in outs.iter_mut().zip(&wants) {
+            if w {
+                *out = Err(e.clone());
+            }
+        }
+    }
+    outs
+}
+
+/// `state`'s adapter must fit `model` (its sites and shapes).
+fn check_adapter<B: Backend>(model: &Model<B>, state: &TrainState) -> Result<(), TrainError> {
+    model.check_adapter(&state.lora, &state.params).map_err(TrainError::from)
 }
 
 /// Checks every datum against the model and reads its targets.
@@ -143,45 +266,56 @@ fn pad_targets(t: &Targets, k_batch: usize) -> Vec<u32> {
     out
 }
 
-/// Runs the loss on each datum's slice of the forward's logprobs and scatters the gradients.
+/// Runs `loss` on each datum of one run (the batch's sequences `seqs`) over its slice of the
+/// forward's logprobs, and writes the gradients into those rows of `dlogprobs (T, k_batch)`.
+/// Metrics are this run's alone, MoE load balance over its own tokens.
 fn loss_pass(
     batch: &PackedBatch,
     fwd: &Forward,
+    seqs: std::ops::Range<usize>,
     data: &[Datum],
     targets: &[Targets],
     loss: &LossFn,
-) -> Result<LossPass, TrainError> {
+    dlogprobs: &mut [f32],
+) -> Result<FbOutput, TrainError> {
     let k_batch = batch.k;
     assert_eq!(fwd.logprobs.len(), batch.num_tokens() * k_batch, "forward logprobs are (T, k)");
-    let mut dlogprobs = vec![0.0f32; fwd.logprobs.len()]; // (T, k_batch)
+    assert_eq!(dlogprobs.len(), fwd.logprobs.len(), "dlogprobs are (T, k)");
+    assert_eq!(seqs.len(), data.len(), "one sequence per datum");
     let mut output = FbOutput { logprobs: Vec::new(), elementwise_loss: Vec::new(), metrics: BTreeMap::new() };
     let mut metrics = Metrics::default();
-    for (datum, (d, t)) in data.iter().zip(targets).enumerate() {
-        let rows = batch.seq_range(datum);
+    let mut grads = Vec::with_capacity(data.len());
+    for (datum, ((d, t), seq)) in data.iter().zip(targets).zip(seqs.clone()).enumerate() {
+        let rows = batch.seq_range(seq);
         assert_eq!(rows.len(), t.n);
         let mut lp = Vec::with_capacity(t.n * t.k); // (n, k)
         for row in rows.clone() {
             lp.extend_from_slice(&fwd.logprobs[row * k_batch..row * k_batch + t.k]);
         }
         let DatumLoss { elementwise, dlogprobs: dlp, metrics: m, .. } = loss.compute(datum, &lp, &d.loss_fn_inputs)?;
-        for (i, row) in rows.enumerate() {
-            dlogprobs[row * k_batch..row * k_batch + t.k].copy_from_slice(&dlp[i * t.k..(i + 1) * t.k]);
-        }
+        grads.push((rows, dlp));
         metrics.merge(&m);
         output.logprobs.push(lp);
         output.elementwise_loss.push(elementwise);
     }
+    // Written only once every datum's loss succeeded, so a failed run leaves its rows at zero.
+    for ((rows, dlp), t) in grads.into_iter().zip(targets) {
+        for (i, row) in rows.enumerate() {
+            dlogprobs[row * k_batch..row * k_batch + t.k].copy_from_slice(&dlp[i * t.k..(i + 1) * t.k]);
+        }
+    }
     output.metrics = metrics.finish();
-    // Load balance of every sparse MoE layer: the busiest and idlest expert's share of the T·k
-    // routing assignments (1/E each when perfectly balanced). Reported, never enforced.
-    for (layer, fractions) in fwd.moe_expert_fractions() {
+    // Load balance of every sparse MoE layer: the busiest and idlest expert's share of this run's
+    // T·k routing assignments (1/E each when perfectly balanced). Reported, never enforced.
+    let rows = batch.cu_seqlens[seqs.start]..batch.cu_seqlens[seqs.end];
+    for (layer, fractions) in fwd.moe_expert_fractions_of(rows) {
         let max = fractions.iter().copied().fold(0.0f32, f32::max);
         let min = fractions.iter().copied().fold(1.0f32, f32::min);
         output.metrics.insert(format!("moe_layer{layer}_expert_frac_max:max"), f64::from(max));
         output.metrics.insert(format!("moe_layer{layer}_expert_frac_min:min"), f64::from(min));
     }
     assert!(output.metrics.contains_key("loss:sum"), "every loss reports loss:sum");
-    Ok(LossPass { output, dlogprobs })
+    Ok(output)
 }
 
 #[cfg(test)]

@@ -45,7 +45,7 @@ pub struct LossInput {
 }
 
 /// A tensor whose value count does not match its shape.
-#[derive(Debug, Error, PartialEq)]
+#[derive(Clone, Debug, Error, PartialEq)]
 #[error(
     "tensor has {len} values but its shape {shape:?} holds {expected}; send a shape whose product is the data length"
 )]
@@ -90,7 +90,7 @@ pub type LossInputs = BTreeMap<String, LossInput>;
 
 /// A client's `loss_fn_inputs` that a loss cannot use. Every variant names the datum (its index
 /// in the request) and the key.
-#[derive(Debug, Error, PartialEq)]
+#[derive(Clone, Debug, Error, PartialEq)]
 pub enum LossInputError {
     #[error("datum {datum}: loss_fn `{loss}` requires loss_fn_inputs key `{key}`, which is missing")]
     Missing { datum: usize, loss: &'static str, key: String },

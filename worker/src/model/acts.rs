@@ -5,7 +5,6 @@
 use super::lora::PROJS;
 use super::moe::MoeActs;
 use super::weights::Dims;
-use crate::adapter::LoraPair;
 
 /// One decoder layer's saved intermediates over `T` rows.
 #[derive(Clone, Debug, Default)]
@@ -28,14 +27,14 @@ pub(crate) struct LayerActs {
     pub gate: Vec<f32>,            // (T, I) gate_proj(m)
     pub up: Vec<f32>,              // (T, I) up_proj(m)
     pub act: Vec<f32>,             // (T, I) silu(gate)·up, down_proj's input
-    pub lora_h: [Vec<f32>; PROJS], // (T, rank) x·Aᵀ per adapted projection; empty when not adapted
+    pub lora_h: [Vec<f32>; PROJS], // x·Aᵀ per projection: each adapting span's (rows, rank), end to end
     /// A sparse layer's routing and expert intermediates (its gate/up/act above stay unused).
     pub moe: Option<MoeActs>,
 }
 
 impl LayerActs {
-    /// Zeroed buffers for `rows` tokens; `pairs` says which projections carry an adapter.
-    pub fn new(rows: usize, d: Dims, qk_norm: bool, pairs: &[Option<&LoraPair>; PROJS]) -> Self {
+    /// Zeroed buffers for `rows` tokens; `h_lens` sizes each projection's `x·Aᵀ` buffer.
+    pub fn new(rows: usize, d: Dims, qk_norm: bool, h_lens: [usize; PROJS]) -> Self {
         let n = |width: usize| vec![0.0f32; rows * width];
         let qk = |width: usize| if qk_norm { n(width) } else { Vec::new() };
         LayerActs {
@@ -57,7 +56,7 @@ impl LayerActs {
             gate: n(d.intermediate),
             up: n(d.intermediate),
             act: n(d.intermediate),
-            lora_h: std::array::from_fn(|p| pairs[p].map_or_else(Vec::new, |pair| n(pair.rank))),
+            lora_h: h_lens.map(|len| vec![0.0f32; len]),
             moe: None,
         }
     }
@@ -70,17 +69,17 @@ pub(crate) struct FinalActs {
     pub hf: Vec<f32>,     // (T, H) norm(x), the unembedding's input
     pub rstd: Vec<f32>,   // (T)
     pub lse: Vec<f32>,    // (T) log-sum-exp of each logits row
-    pub lora_h: Vec<f32>, // (T, rank) for an adapted lm_head; empty otherwise
+    pub lora_h: Vec<f32>, // x·Aᵀ of each span adapting lm_head, (rows, rank) end to end
 }
 
 impl FinalActs {
-    pub fn new(rows: usize, d: Dims, lm_head: Option<&LoraPair>) -> Self {
+    pub fn new(rows: usize, d: Dims, h_len: usize) -> Self {
         FinalActs {
             x: vec![0.0; rows * d.hidden],
             hf: vec![0.0; rows * d.hidden],
             rstd: vec![0.0; rows],
             lse: vec![0.0; rows],
-            lora_h: lm_head.map_or_else(Vec::new, |p| vec![0.0; rows * p.rank]),
+            lora_h: vec![0.0; h_len],
         }
     }
 }
@@ -95,15 +94,23 @@ pub struct Forward {
     pub(crate) fin: FinalActs,
     /// The batch geometry this forward ran on, so backward can refuse a different batch.
     pub(crate) cu_seqlens: Vec<usize>,
-    /// Whether an adapter was applied (its `x·Aᵀ` saved in the acts).
-    pub(crate) with_lora: bool,
+    /// Each tenant's sequences and whether an adapter was applied to them (its `x·Aᵀ` saved in
+    /// the acts), so backward can refuse other tenants.
+    pub(crate) tenants: Vec<(std::ops::Range<usize>, bool)>,
 }
 
 impl Forward {
     /// Load balance of every sparse MoE layer: `(layer, fractions (E))`, each expert's share of
     /// the batch's `T·k` token-to-expert assignments (they sum to 1). Empty for dense models.
     pub fn moe_expert_fractions(&self) -> Vec<(usize, Vec<f32>)> {
+        let rows = 0..self.cu_seqlens.last().copied().unwrap_or(0);
+        self.moe_expert_fractions_of(rows)
+    }
+
+    /// As [`Self::moe_expert_fractions`] over the token rows `rows` only (one tenant's share of a
+    /// multi-tenant batch), equal to what that tenant's batch alone reports.
+    pub fn moe_expert_fractions_of(&self, rows: std::ops::Range<usize>) -> Vec<(usize, Vec<f32>)> {
         let moe = self.layers.iter().enumerate();
-        moe.filter_map(|(l, a)| a.moe.as_ref().map(|m| (l, m.expert_fractions()))).collect()
+        moe.filter_map(|(l, a)| a.moe.as_ref().map(|m| (l, m.expert_fractions(rows.clone())))).collect()
     }
 }

@@ -10,12 +10,11 @@ use runtime::LoraConfig;
 
 use super::acts::{Forward, LayerActs};
 use super::layer::add_assign;
-use super::lora::{check_shapes, LoraView, DOWN, GATE, K, LM_HEAD, O, PROJS, Q, UP, V};
-use super::moe::expert_pairs;
-use super::moe_backward::MoeGrad;
+use super::lora::{check_shapes, DOWN, GATE, K, O, Q, UP, V};
+use super::tenants::{site_path, Adapters, Site, Tenant};
 use super::weights::LayerWeights;
 use super::{Model, ModelError, PackedBatch};
-use crate::adapter::{LoraPair, LoraWeights};
+use crate::adapter::LoraWeights;
 
 /// Input-gradient scratch shared by every layer of one backward.
 struct Scratch {
@@ -33,11 +32,21 @@ struct Scratch {
     dv: Vec<f32>,     // (T, nkv·hd)
 }
 
-/// The row segments of the batch, and the same segments scaled to per-head rows.
-struct Segments<'a> {
+/// The row segments of the batch, the same segments scaled to per-head rows, and each tenant's
+/// own segments rebased to its first row (what its LoRA reductions see, alone or shared).
+pub(crate) struct Segments<'a> {
     tokens: &'a [usize],
     q_heads: Vec<usize>,
     kv_heads: Vec<usize>,
+    pub tenants: Vec<Vec<usize>>,
+    /// Each tenant's first token row.
+    pub tenant_rows: Vec<usize>,
+}
+
+/// The adapters of a backward and where each tenant's gradients go (`None`: not accumulated).
+pub(crate) struct GradTargets<'a, 'w> {
+    pub ad: &'a Adapters<'w>,
+    pub grads: &'a mut [Option<&'w mut LoraWeights>],
 }
 
 impl<B: Backend> Model<B> {
@@ -55,6 +64,26 @@ impl<B: Backend> Model<B> {
         lora: (&LoraConfig, &LoraWeights),
         grads: &mut LoraWeights,
     ) -> Result<(), ModelError> {
+        let tenant = Tenant { seqs: batch.num_seqs(), lora: Some(lora) };
+        self.backward_tenants(fwd, batch, dlogprobs, &[tenant], &mut [Some(grads)])
+    }
+
+    /// The backward of [`Self::forward_tenants`]: tenant `i`'s gradients accumulate (`+=`) into
+    /// `grads[i]`, or nowhere when it is `None` (a forward-only tenant, whose `dlogprobs` rows
+    /// must then be zero). Each tenant's gradients equal, bit for bit, those of a backward over its
+    /// sequences alone.
+    ///
+    /// # Errors
+    /// As [`Self::backward`], and `ModelError::TenantMismatch` when `tenants` or `grads` differ in
+    /// number from the forward's tenants, or a tenant with gradients ran without an adapter.
+    pub fn backward_tenants<'w>(
+        &self,
+        fwd: &Forward,
+        batch: &PackedBatch,
+        dlogprobs: &[f32],
+        tenants: &[Tenant<'w>],
+        grads: &mut [Option<&'w mut LoraWeights>],
+    ) -> Result<(), ModelError> {
         let t = batch.num_tokens();
         if fwd.cu_seqlens != batch.cu_seqlens {
             return Err(ModelError::ForwardMismatch {
@@ -62,22 +91,51 @@ impl<B: Backend> Model<B> {
                 batch: batch.cu_seqlens.clone(),
             });
         }
-        if !fwd.with_lora {
-            return Err(ModelError::ForwardWithoutLora);
-        }
         if dlogprobs.len() != t * batch.k {
             return Err(ModelError::GradientLength { got: dlogprobs.len(), expected: t * batch.k });
         }
-        let view = self.lora_view(Some(lora))?;
-        check_shapes(&self.config, lora.0, grads, "gradient")?;
+        let ad = self.adapters(batch, tenants)?;
+        if ad.spans.len() != fwd.tenants.len() || grads.len() != ad.spans.len() {
+            return Err(ModelError::TenantMismatch {
+                got: tenants.len().max(grads.len()),
+                expected: fwd.tenants.len(),
+            });
+        }
+        for (i, (span, (seqs, with_lora))) in ad.spans.iter().zip(&fwd.tenants).enumerate() {
+            if span.view.present && !with_lora {
+                return Err(ModelError::ForwardWithoutLora);
+            }
+            if span.seqs != *seqs || span.view.present != *with_lora {
+                return Err(ModelError::TenantMismatch { got: tenants.len(), expected: fwd.tenants.len() });
+            }
+            if let Some(g) = &grads[i] {
+                let Some((lora, _)) = tenants[i].lora else { return Err(ModelError::ForwardWithoutLora) };
+                check_shapes(&self.config, lora, g, "gradient")?;
+            }
+        }
+        let mut targets = GradTargets { ad: &ad, grads };
+        self.backward_spans(fwd, batch, dlogprobs, &mut targets);
+        Ok(())
+    }
+
+    fn backward_spans(&self, fwd: &Forward, batch: &PackedBatch, dlogprobs: &[f32], gt: &mut GradTargets<'_, '_>) {
+        let t = batch.num_tokens();
         let d = self.dims;
         let be = &self.backend;
         let qk = self.config.family.has_qk_norm();
         let n = |width: usize| vec![0.0f32; t * width];
+        let cu = &batch.cu_seqlens;
         let seg = Segments {
-            tokens: &batch.cu_seqlens,
-            q_heads: batch.cu_seqlens.iter().map(|&c| c * d.heads).collect(),
-            kv_heads: batch.cu_seqlens.iter().map(|&c| c * d.kv_heads).collect(),
+            tokens: cu,
+            q_heads: cu.iter().map(|&c| c * d.heads).collect(),
+            kv_heads: cu.iter().map(|&c| c * d.kv_heads).collect(),
+            tenants: gt
+                .ad
+                .spans
+                .iter()
+                .map(|s| cu[s.seqs.start..=s.seqs.end].iter().map(|&c| c - s.rows.start).collect())
+                .collect(),
+            tenant_rows: gt.ad.spans.iter().map(|s| s.rows.start).collect(),
         };
 
         // Unembedding and final norm.
@@ -95,17 +153,7 @@ impl<B: Backend> Model<B> {
         );
         let mut dhf = n(d.hidden); // (T, H)
         be.matmul_nn(&mut dhf, &dlogits, unembed, MatmulDims { m: t, k: d.hidden, n: d.vocab }, false);
-        self.lora_backward(
-            grads,
-            LM_HEAD,
-            view.lm_head,
-            view.scale,
-            &mut dhf,
-            &dlogits,
-            &fin.hf,
-            &fin.lora_h,
-            seg.tokens,
-        );
+        self.site_backward(gt, Site::LmHead, &mut dhf, &dlogits, &fin.hf, &fin.lora_h, &seg);
         drop(dlogits);
         let mut s = Scratch {
             dres: n(d.hidden),
@@ -134,11 +182,10 @@ impl<B: Backend> Model<B> {
         );
 
         for l in (0..self.weights.layers.len()).rev() {
-            let (w, acts, pairs) = (&self.weights.layers[l], &fwd.layers[l], &view.layers[l]);
-            self.mlp_backward(l, w, acts, pairs, &view, grads, &mut s, batch, &seg);
-            self.attn_backward(l, w, acts, pairs, &view, grads, &mut s, batch, &seg);
+            let (w, acts) = (&self.weights.layers[l], &fwd.layers[l]);
+            self.mlp_backward(l, w, acts, gt, &mut s, batch, &seg);
+            self.attn_backward(l, w, acts, gt, &mut s, batch, &seg);
         }
-        Ok(())
     }
 
     /// `out = x_mid + down(silu(gate(m))·up(m))` (or `+ moe(m)`), `m = norm(x_mid)`: turns
@@ -148,32 +195,30 @@ impl<B: Backend> Model<B> {
         l: usize,
         w: &LayerWeights,
         acts: &LayerActs,
-        pairs: &[Option<&LoraPair>; PROJS],
-        view: &LoraView<'_>,
-        grads: &mut LoraWeights,
+        gt: &mut GradTargets<'_, '_>,
         s: &mut Scratch,
         batch: &PackedBatch,
         seg: &Segments<'_>,
     ) {
         let d = self.dims;
-        let (be, t, sc, paths) = (&self.backend, batch.num_tokens(), view.scale, &self.paths.layers[l]);
+        let (be, t) = (&self.backend, batch.num_tokens());
+        let site = |proj| Site::Proj { layer: l, proj };
         let ln = &w.post_attention_layernorm;
         if let (Some(mw), Some(ma)) = (&w.moe, &acts.moe) {
-            let g = MoeGrad { pairs: expert_pairs(pairs), paths, scale: sc, segments: seg.tokens };
-            self.moe_backward(mw, ma, &g, grads, &s.dres, &mut s.dnorm);
+            self.moe_backward(mw, ma, l, gt, seg, &s.dres, &mut s.dnorm);
             be.rmsnorm_backward(&mut s.dtmp, None, &s.dnorm, &acts.x_mid, ln, &acts.rstd_m, t, d.hidden, seg.tokens);
             add_assign(&mut s.dres, &s.dtmp);
             return;
         }
         be.matmul_nn(&mut s.dact, &s.dres, &w.down_proj, MatmulDims { m: t, k: d.intermediate, n: d.hidden }, false);
         let h = &acts.lora_h;
-        self.lora_backward(grads, &paths[DOWN], pairs[DOWN], sc, &mut s.dact, &s.dres, &acts.act, &h[DOWN], seg.tokens);
+        self.site_backward(gt, site(DOWN), &mut s.dact, &s.dres, &acts.act, &h[DOWN], seg);
         be.swiglu_backward(&mut s.dgate, &mut s.dup, &s.dact, &acts.gate, &acts.up);
         let dims_in = MatmulDims { m: t, k: d.hidden, n: d.intermediate };
         be.matmul_nn(&mut s.dnorm, &s.dgate, &w.gate_proj, dims_in, false);
-        self.lora_backward(grads, &paths[GATE], pairs[GATE], sc, &mut s.dnorm, &s.dgate, &acts.m, &h[GATE], seg.tokens);
+        self.site_backward(gt, site(GATE), &mut s.dnorm, &s.dgate, &acts.m, &h[GATE], seg);
         be.matmul_nn(&mut s.dnorm, &s.dup, &w.up_proj, dims_in, true);
-        self.lora_backward(grads, &paths[UP], pairs[UP], sc, &mut s.dnorm, &s.dup, &acts.m, &h[UP], seg.tokens);
+        self.site_backward(gt, site(UP), &mut s.dnorm, &s.dup, &acts.m, &h[UP], seg);
         be.rmsnorm_backward(&mut s.dtmp, None, &s.dnorm, &acts.x_mid, ln, &acts.rstd_m, t, d.hidden, seg.tokens);
         add_assign(&mut s.dres, &s.dtmp);
     }
@@ -185,18 +230,17 @@ impl<B: Backend> Model<B> {
         l: usize,
         w: &LayerWeights,
         acts: &LayerActs,
-        pairs: &[Option<&LoraPair>; PROJS],
-        view: &LoraView<'_>,
-        grads: &mut LoraWeights,
+        gt: &mut GradTargets<'_, '_>,
         s: &mut Scratch,
         batch: &PackedBatch,
         seg: &Segments<'_>,
     ) {
         let d = self.dims;
-        let (be, t, sc, paths) = (&self.backend, batch.num_tokens(), view.scale, &self.paths.layers[l]);
+        let (be, t) = (&self.backend, batch.num_tokens());
+        let site = |proj| Site::Proj { layer: l, proj };
         let h = &acts.lora_h;
         be.matmul_nn(&mut s.dattn, &s.dres, &w.o_proj, MatmulDims { m: t, k: d.q_dim, n: d.hidden }, false);
-        self.lora_backward(grads, &paths[O], pairs[O], sc, &mut s.dattn, &s.dres, &acts.attn, &h[O], seg.tokens);
+        self.site_backward(gt, site(O), &mut s.dattn, &s.dres, &acts.attn, &h[O], seg);
         let cu = &batch.cu_seqlens;
         be.attention_backward(
             &mut s.dq,
@@ -246,34 +290,56 @@ impl<B: Backend> Model<B> {
             _ => (&s.dq, &s.dk),
         };
         be.matmul_nn(&mut s.dnorm, dq, &w.q_proj, MatmulDims { m: t, k: d.hidden, n: d.q_dim }, false);
-        self.lora_backward(grads, &paths[Q], pairs[Q], sc, &mut s.dnorm, dq, &acts.a, &h[Q], seg.tokens);
+        self.site_backward(gt, site(Q), &mut s.dnorm, dq, &acts.a, &h[Q], seg);
         let kv_dims = MatmulDims { m: t, k: d.hidden, n: d.kv_dim };
         be.matmul_nn(&mut s.dnorm, dk, &w.k_proj, kv_dims, true);
-        self.lora_backward(grads, &paths[K], pairs[K], sc, &mut s.dnorm, dk, &acts.a, &h[K], seg.tokens);
+        self.site_backward(gt, site(K), &mut s.dnorm, dk, &acts.a, &h[K], seg);
         be.matmul_nn(&mut s.dnorm, &s.dv, &w.v_proj, kv_dims, true);
-        self.lora_backward(grads, &paths[V], pairs[V], sc, &mut s.dnorm, &s.dv, &acts.a, &h[V], seg.tokens);
+        self.site_backward(gt, site(V), &mut s.dnorm, &s.dv, &acts.a, &h[V], seg);
         let ln = &w.input_layernorm;
         be.rmsnorm_backward(&mut s.dtmp, None, &s.dnorm, &acts.x, ln, &acts.rstd_a, t, d.hidden, seg.tokens);
         add_assign(&mut s.dres, &s.dtmp);
     }
 
-    /// One adapted projection's backward: `dx +=` the adapter's input gradient and the site's
-    /// `(dA, dB) +=` its weight gradients, reduced per segment. No-op for an unadapted projection.
-    fn lora_backward(
+    /// One site's adapter backward, per tenant adapting it: `dx +=` the adapter's input gradient
+    /// on its rows and its `(dA, dB) +=` the weight gradients, reduced over its own sequences.
+    /// Tenants without gradient buffers are skipped (their rows' upstream gradient is zero).
+    fn site_backward(
         &self,
-        grads: &mut LoraWeights,
-        path: &str,
-        pair: Option<&LoraPair>,
-        scale: f32,
+        gt: &mut GradTargets<'_, '_>,
+        site: Site,
         dx: &mut [f32],
         dy: &[f32],
         x: &[f32],
         h: &[f32],
-        segments: &[usize],
+        seg: &Segments<'_>,
     ) {
-        let Some(p) = pair else { return };
-        let g = grads.get_mut(path).expect("gradient sites were checked against the adapter's");
-        let dims = LoraDims { rows: segments[segments.len() - 1], d_in: p.d_in, d_out: p.d_out, rank: p.rank };
-        self.backend.lora_backward(dx, &mut g.a, &mut g.b, dy, x, h, &p.a, &p.b, dims, scale, segments);
+        let path = site_path(&self.paths, site);
+        for part in gt.ad.parts(site) {
+            let Some(grads) = gt.grads[part.span].as_deref_mut() else { continue };
+            let (p, r) = (part.pair, &part.rows);
+            let g = grads.get_mut(path).expect("gradient sites were checked against the adapter's");
+            let dims = LoraDims { rows: r.len(), d_in: p.d_in, d_out: p.d_out, rank: p.rank };
+            let (din, dout) = (p.d_in, p.d_out);
+            let (dxs, dys, xs) = (
+                &mut dx[r.start * din..r.end * din],
+                &dy[r.start * dout..r.end * dout],
+                &x[r.start * din..r.end * din],
+            );
+            let segments = &seg.tenants[part.span];
+            self.backend.lora_backward(
+                dxs,
+                &mut g.a,
+                &mut g.b,
+                dys,
+                xs,
+                &h[part.h.clone()],
+                &p.a,
+                &p.b,
+                dims,
+                part.scale,
+                segments,
+            );
+        }
     }
 }

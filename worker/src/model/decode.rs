@@ -10,6 +10,7 @@ use kernels::Backend;
 
 use super::acts::{FinalActs, LayerActs};
 use super::lora::LoraView;
+use super::tenants::{Adapters, Site};
 use super::{Model, ModelError, PackedBatch};
 
 /// One sequence's cached attention inputs.
@@ -42,14 +43,15 @@ impl<B: Backend> Model<B> {
         let mut targets = prompt.get(1..).unwrap_or_default().to_vec();
         targets.push(0);
         let batch = PackedBatch::new(&[(prompt, &targets)], 1)?;
-        let (layers, h) = self.trunk(&batch, view)?;
+        let (layers, h) = self.trunk(&batch, &Adapters::single(view.clone(), prompt.len(), 1))?;
         let (t, d) = (prompt.len(), self.dims);
         // Only the last token's logits are needed; the head is row-invariant, so computing that
         // one row gives the bits a full pass would.
-        let mut fin = FinalActs::new(1, d, view.lm_head);
+        let last_row = Adapters::single(view.clone(), 1, 1);
+        let mut fin = FinalActs::new(1, d, last_row.h_len(Site::LmHead));
         fin.x.copy_from_slice(&h[(t - 1) * d.hidden..]);
         let mut last = vec![0.0f32; d.vocab]; // (V)
-        self.final_forward(&mut fin, &mut last, view.lm_head, view.scale);
+        self.final_forward(&mut fin, &mut last, &last_row);
         let (keys, values) = layers.into_iter().map(|a| (a.k, a.v)).unzip();
         Ok((KvCache { len: t, keys, values }, last))
     }
@@ -80,11 +82,13 @@ impl<B: Backend> Model<B> {
         be.embedding_forward(&mut h, &self.weights.embed_tokens, tokens, d.vocab, d.hidden);
         let mut tmp = vec![0.0f32; rows * d.hidden]; // (S, H)
         let qk_norm = self.config.family.has_qk_norm();
+        // Every fed token is its own one-row sequence of the one adapter.
+        let ad = Adapters::single(view.clone(), rows, rows);
         // One scratch set reused by every layer: all layers adapt the same projections at one rank.
-        let mut acts = LayerActs::new(rows, d, qk_norm, &view.layers[0]);
-        for (l, (w, pairs)) in self.weights.layers.iter().zip(&view.layers).enumerate() {
+        let mut acts = LayerActs::new(rows, d, qk_norm, ad.layer_h_lens(0));
+        for (l, w) in self.weights.layers.iter().enumerate() {
             acts.x.copy_from_slice(&h);
-            self.attn_in(w, (pairs, view.scale), &mut acts, &positions);
+            self.attn_in(w, (&ad, l), &mut acts, &positions);
             let (q, kv) = (d.q_dim, d.kv_dim);
             for (s, cache) in caches.iter_mut().enumerate() {
                 let (keys, values) = (&mut cache.keys[l], &mut cache.values[l]);
@@ -103,16 +107,16 @@ impl<B: Backend> Model<B> {
                     self.attn_scale(),
                 );
             }
-            self.attn_out_mlp(w, (pairs, view.scale), &mut acts, &mut h, &mut tmp);
+            self.attn_out_mlp(w, (&ad, l), &mut acts, &mut h, &mut tmp);
         }
         for cache in caches.iter_mut() {
             cache.len += 1;
             assert_eq!(cache.keys[0].len(), cache.len * d.kv_dim, "decode_step: cache rows track its length");
         }
-        let mut fin = FinalActs::new(rows, d, view.lm_head);
+        let mut fin = FinalActs::new(rows, d, ad.h_len(Site::LmHead));
         fin.x = h;
         let mut logits = vec![0.0f32; rows * d.vocab]; // (S, V)
-        self.final_forward(&mut fin, &mut logits, view.lm_head, view.scale);
+        self.final_forward(&mut fin, &mut logits, &ad);
         Ok(logits)
     }
 }

@@ -7,7 +7,8 @@ use kernels::{AttnDims, Backend};
 use runtime::{LoraConfig, ModelConfig, RopeScaling};
 
 use super::acts::{FinalActs, Forward, LayerActs};
-use super::lora::{LoraView, SitePaths};
+use super::lora::{check_shapes, LoraView, SitePaths};
+use super::tenants::{Adapters, Site, Tenant};
 use super::weights::{DenseWeights, Dims};
 use super::{ModelError, PackedBatch};
 use crate::adapter::LoraWeights;
@@ -61,18 +62,30 @@ impl<B: Backend> Model<B> {
         batch: &PackedBatch,
         lora: Option<(&LoraConfig, &LoraWeights)>,
     ) -> Result<Forward, ModelError> {
-        let view = self.lora_view(lora)?;
-        let (layers, h) = self.trunk(batch, &view)?;
+        self.forward_tenants(batch, &[Tenant { seqs: batch.num_seqs(), lora }])
+    }
+
+    /// Forward over a packed batch shared by `tenants`: each tenant's sequences get its own
+    /// adapter (or none); the base model runs once over all of them. Every tenant's logprobs equal,
+    /// bit for bit, those of a forward over its sequences alone.
+    ///
+    /// # Errors
+    /// As [`Self::forward`], and `ModelError::Tenants` when the tenants do not cover the batch's
+    /// sequences exactly.
+    pub fn forward_tenants(&self, batch: &PackedBatch, tenants: &[Tenant<'_>]) -> Result<Forward, ModelError> {
+        let ad = self.adapters(batch, tenants)?;
+        let (layers, h) = self.trunk(batch, &ad)?;
         let d = self.dims;
         let t = batch.num_tokens();
-        let mut fin = FinalActs::new(t, d, view.lm_head);
+        let mut fin = FinalActs::new(t, d, ad.h_len(Site::LmHead));
         fin.x = h;
         let mut logits = vec![0.0f32; t * d.vocab]; // (T, V)
-        self.final_forward(&mut fin, &mut logits, view.lm_head, view.scale);
+        self.final_forward(&mut fin, &mut logits, &ad);
         let mut logprobs = vec![0.0f32; t * batch.k]; // (T, k)
         let be = &self.backend;
         be.logsoftmax_gather_forward(&mut logprobs, &mut fin.lse, &logits, &batch.targets, t, d.vocab, batch.k);
-        Ok(Forward { logprobs, logits, layers, fin, cu_seqlens: batch.cu_seqlens.clone(), with_lora: view.present })
+        let tenants = ad.spans.iter().map(|s| (s.seqs.clone(), s.view.present)).collect();
+        Ok(Forward { logprobs, logits, layers, fin, cu_seqlens: batch.cu_seqlens.clone(), tenants })
     }
 
     /// Embedding and every decoder layer: the saved layer activations and the final residual
@@ -80,7 +93,7 @@ impl<B: Backend> Model<B> {
     pub(crate) fn trunk(
         &self,
         batch: &PackedBatch,
-        view: &LoraView<'_>,
+        ad: &Adapters<'_>,
     ) -> Result<(Vec<LayerActs>, Vec<f32>), ModelError> {
         self.check_batch(batch)?;
         let d = self.dims;
@@ -92,10 +105,10 @@ impl<B: Backend> Model<B> {
         be.embedding_forward(&mut h, &self.weights.embed_tokens, &batch.tokens, d.vocab, d.hidden);
         let mut tmp = vec![0.0f32; t * d.hidden]; // (T, H)
         let mut layers = Vec::with_capacity(self.weights.layers.len());
-        for (w, pairs) in self.weights.layers.iter().zip(&view.layers) {
-            let mut acts = LayerActs::new(t, d, qk_norm, pairs);
+        for (l, w) in self.weights.layers.iter().enumerate() {
+            let mut acts = LayerActs::new(t, d, qk_norm, ad.layer_h_lens(l));
             acts.x.copy_from_slice(&h);
-            self.attn_in(w, (pairs, view.scale), &mut acts, &batch.positions);
+            self.attn_in(w, (ad, l), &mut acts, &batch.positions);
             let cu = &batch.cu_seqlens;
             be.attention_forward(
                 &mut acts.attn,
@@ -108,12 +121,21 @@ impl<B: Backend> Model<B> {
                 self.attn_dims(),
                 self.attn_scale(),
             );
-            self.attn_out_mlp(w, (pairs, view.scale), &mut acts, &mut h, &mut tmp);
+            self.attn_out_mlp(w, (ad, l), &mut acts, &mut h, &mut tmp);
             layers.push(acts);
         }
 
         assert_eq!(layers.len(), self.config.num_hidden_layers, "one activation set per layer");
         Ok((layers, h))
+    }
+
+    /// Checks that `weights` holds exactly the adapter sites `lora` trains on this model, each at
+    /// its shape.
+    ///
+    /// # Errors
+    /// `ModelError::LoraMismatch` describing the first difference.
+    pub fn check_adapter(&self, lora: &LoraConfig, weights: &LoraWeights) -> Result<(), ModelError> {
+        check_shapes(&self.config, lora, weights, "adapter")
     }
 
     /// Attention geometry for the backend's attention ops.

@@ -8,7 +8,7 @@ use runtime::ConfigError;
 use crate::tensor::WeightError;
 
 /// A request or checkpoint the model cannot use.
-#[derive(Debug, Error, PartialEq)]
+#[derive(Clone, Debug, Error, PartialEq)]
 pub enum ModelError {
     #[error("config.json is unusable: {0}")]
     Config(#[from] ConfigError),
@@ -43,6 +43,15 @@ pub enum ModelError {
     ForwardMismatch { forward: Vec<usize>, batch: Vec<usize> },
     #[error("backward needs a Forward computed with the same LoRA adapter; call forward with `Some(lora)`")]
     ForwardWithoutLora,
+    #[error(
+        "tenants claim {counts:?} sequences but the batch has {seqs}; give every tenant ≥ 1 sequence and cover \
+         the batch's sequences exactly, in order"
+    )]
+    Tenants { counts: Vec<usize>, seqs: usize },
+    #[error(
+        "backward got {got} tenants (or gradient buffers) for a forward over {expected}; pass the forward's tenants"
+    )]
+    TenantMismatch { got: usize, expected: usize },
     #[error("unknown tiny model `{name}`; known: {known}")]
     UnknownTinyModel { name: String, known: String },
     #[error("sampling parameter `{field}` is invalid: {why}")]

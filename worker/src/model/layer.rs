@@ -8,18 +8,18 @@
 use kernels::{Backend, LoraDims, MatmulDims};
 
 use super::acts::{FinalActs, LayerActs};
-use super::lora::{DOWN, GATE, K, O, PROJS, Q, UP, V};
-use super::moe::expert_pairs;
+use super::lora::{DOWN, GATE, K, O, Q, UP, V};
+use super::tenants::{Adapters, Site, SitePart};
 use super::weights::LayerWeights;
 use super::Model;
-use crate::adapter::LoraPair;
 
-/// The adapter pairs of one layer and their common scale.
-pub(crate) type LayerLora<'a> = (&'a [Option<&'a LoraPair>; PROJS], f32);
+/// The batch's adapters and the index of the layer being run.
+pub(crate) type LayerLora<'a, 'b> = (&'a Adapters<'b>, usize);
 
 impl<B: Backend> Model<B> {
-    /// `y (rows, d_out) = x (rows, d_in) · wᵀ (+ bias)`, then `+= scale·(x·Aᵀ)·Bᵀ` with `x·Aᵀ`
-    /// saved in `lora_h (rows, rank)` — PEFT's order: base layer (with bias) first, adapter added.
+    /// `y (rows, d_out) = x (rows, d_in) · wᵀ (+ bias)` over every row, then each adapter part
+    /// adds `scale·(x·Aᵀ)·Bᵀ` on its own rows, saving `x·Aᵀ` in its slice of `lora_h` — PEFT's
+    /// order: base layer (with bias) first, adapter added.
     pub(crate) fn linear(
         &self,
         y: &mut [f32],
@@ -27,8 +27,7 @@ impl<B: Backend> Model<B> {
         x: &[f32],
         w: &[f32],
         bias: Option<&[f32]>,
-        lora: Option<&LoraPair>,
-        scale: f32,
+        parts: &[SitePart<'_>],
         rows: usize,
     ) {
         assert!(rows > 0, "linear: no rows (batches are never empty)");
@@ -45,17 +44,21 @@ impl<B: Backend> Model<B> {
                 }
             }
         }
-        if let Some(p) = lora {
+        for part in parts {
+            let p = part.pair;
             assert_eq!((p.d_in, p.d_out), (d_in, d_out), "linear: adapter geometry differs from the weight's");
-            let dims = LoraDims { rows, d_in, d_out, rank: p.rank };
-            self.backend.lora_forward(y, lora_h, x, &p.a, &p.b, dims, scale);
+            let r = &part.rows;
+            let dims = LoraDims { rows: r.len(), d_in, d_out, rank: p.rank };
+            let (ys, xs) = (&mut y[r.start * d_out..r.end * d_out], &x[r.start * d_in..r.end * d_in]);
+            self.backend.lora_forward(ys, &mut lora_h[part.h.clone()], xs, &p.a, &p.b, dims, part.scale);
         }
     }
 
     /// input_layernorm → q/k/v projections (+ bias, + adapter) → per-head q/k norms (Qwen3) →
     /// RoPE at `positions`. Reads `acts.x`; writes `a` through `v`.
-    pub(crate) fn attn_in(&self, w: &LayerWeights, lora: LayerLora<'_>, acts: &mut LayerActs, positions: &[u32]) {
-        let (pairs, scale) = lora;
+    pub(crate) fn attn_in(&self, w: &LayerWeights, lora: LayerLora<'_, '_>, acts: &mut LayerActs, positions: &[u32]) {
+        let (ad, layer) = lora;
+        let parts = |proj| ad.parts(Site::Proj { layer, proj });
         let d = self.dims;
         let rows = positions.len();
         let eps = self.config.rms_norm_eps;
@@ -65,18 +68,18 @@ impl<B: Backend> Model<B> {
         let [hq, hk, hv, ..] = &mut acts.lora_h;
         match (&w.q_norm, &w.k_norm) {
             (Some(qn), Some(kn)) => {
-                self.linear(&mut acts.q_pre, hq, &acts.a, &w.q_proj, w.q_bias.as_deref(), pairs[Q], scale, rows);
-                self.linear(&mut acts.k_pre, hk, &acts.a, &w.k_proj, w.k_bias.as_deref(), pairs[K], scale, rows);
+                self.linear(&mut acts.q_pre, hq, &acts.a, &w.q_proj, w.q_bias.as_deref(), &parts(Q), rows);
+                self.linear(&mut acts.k_pre, hk, &acts.a, &w.k_proj, w.k_bias.as_deref(), &parts(K), rows);
                 // "only on the head dim": each (token, head) row of head_dim values is normalised.
                 be.rmsnorm_forward(&mut acts.q, &mut acts.rstd_q, &acts.q_pre, qn, rows * d.heads, d.head_dim, eps);
                 be.rmsnorm_forward(&mut acts.k, &mut acts.rstd_k, &acts.k_pre, kn, rows * d.kv_heads, d.head_dim, eps);
             }
             _ => {
-                self.linear(&mut acts.q, hq, &acts.a, &w.q_proj, w.q_bias.as_deref(), pairs[Q], scale, rows);
-                self.linear(&mut acts.k, hk, &acts.a, &w.k_proj, w.k_bias.as_deref(), pairs[K], scale, rows);
+                self.linear(&mut acts.q, hq, &acts.a, &w.q_proj, w.q_bias.as_deref(), &parts(Q), rows);
+                self.linear(&mut acts.k, hk, &acts.a, &w.k_proj, w.k_bias.as_deref(), &parts(K), rows);
             }
         }
-        self.linear(&mut acts.v, hv, &acts.a, &w.v_proj, w.v_bias.as_deref(), pairs[V], scale, rows);
+        self.linear(&mut acts.v, hv, &acts.a, &w.v_proj, w.v_bias.as_deref(), &parts(V), rows);
         let (cos, sin) = (&self.rope.cos, &self.rope.sin);
         be.rope_forward(&mut acts.q, positions, d.heads, d.head_dim, cos, sin);
         be.rope_forward(&mut acts.k, positions, d.kv_heads, d.head_dim, cos, sin);
@@ -88,19 +91,20 @@ impl<B: Backend> Model<B> {
     pub(crate) fn attn_out_mlp(
         &self,
         w: &LayerWeights,
-        lora: LayerLora<'_>,
+        lora: LayerLora<'_, '_>,
         acts: &mut LayerActs,
         out: &mut [f32],
         tmp: &mut [f32],
     ) {
-        let (pairs, scale) = lora;
+        let (ad, layer) = lora;
+        let parts = |proj| ad.parts(Site::Proj { layer, proj });
         let d = self.dims;
         let rows = acts.rstd_a.len();
         assert_eq!(out.len(), rows * d.hidden, "attn_out_mlp: output is not (rows, H)");
         assert_eq!(tmp.len(), rows * d.hidden, "attn_out_mlp: scratch is not (rows, H)");
         let be = &self.backend;
         let [_, _, _, ho, hg, hu, hd] = &mut acts.lora_h;
-        self.linear(tmp, ho, &acts.attn, &w.o_proj, None, pairs[O], scale, rows);
+        self.linear(tmp, ho, &acts.attn, &w.o_proj, None, &parts(O), rows);
         add(&mut acts.x_mid, &acts.x, tmp);
         let eps = self.config.rms_norm_eps;
         be.rmsnorm_forward(
@@ -113,31 +117,25 @@ impl<B: Backend> Model<B> {
             eps,
         );
         if let Some(moe) = &w.moe {
-            acts.moe = Some(self.moe_forward(moe, expert_pairs(pairs), scale, &acts.m, tmp));
+            acts.moe = Some(self.moe_forward(moe, ad, layer, &acts.m, tmp));
             add(out, &acts.x_mid, tmp);
             return;
         }
-        self.linear(&mut acts.gate, hg, &acts.m, &w.gate_proj, None, pairs[GATE], scale, rows);
-        self.linear(&mut acts.up, hu, &acts.m, &w.up_proj, None, pairs[UP], scale, rows);
+        self.linear(&mut acts.gate, hg, &acts.m, &w.gate_proj, None, &parts(GATE), rows);
+        self.linear(&mut acts.up, hu, &acts.m, &w.up_proj, None, &parts(UP), rows);
         be.swiglu_forward(&mut acts.act, &acts.gate, &acts.up);
-        self.linear(tmp, hd, &acts.act, &w.down_proj, None, pairs[DOWN], scale, rows);
+        self.linear(tmp, hd, &acts.act, &w.down_proj, None, &parts(DOWN), rows);
         add(out, &acts.x_mid, tmp);
     }
 
-    /// Final norm → unembedding (+ adapter). Reads `fin.x`; writes `fin.hf` and `logits (rows, V)`.
-    pub(crate) fn final_forward(
-        &self,
-        fin: &mut FinalActs,
-        logits: &mut [f32],
-        lm_head: Option<&LoraPair>,
-        scale: f32,
-    ) {
+    /// Final norm → unembedding (+ adapters). Reads `fin.x`; writes `fin.hf` and `logits (rows, V)`.
+    pub(crate) fn final_forward(&self, fin: &mut FinalActs, logits: &mut [f32], ad: &Adapters<'_>) {
         let d = self.dims;
         let rows = fin.rstd.len();
         assert_eq!(logits.len(), rows * d.vocab, "final_forward: logits are not (rows, V)");
         let eps = self.config.rms_norm_eps;
         self.backend.rmsnorm_forward(&mut fin.hf, &mut fin.rstd, &fin.x, &self.weights.norm, rows, d.hidden, eps);
-        self.linear(logits, &mut fin.lora_h, &fin.hf, self.weights.unembed(), None, lm_head, scale, rows);
+        self.linear(logits, &mut fin.lora_h, &fin.hf, self.weights.unembed(), None, &ad.parts(Site::LmHead), rows);
     }
 }
 

@@ -14,6 +14,7 @@ mod layer;
 mod lora;
 mod moe;
 mod moe_backward;
+mod tenants;
 mod weights;
 
 pub use acts::Forward;
@@ -21,3 +22,4 @@ pub use batch::PackedBatch;
 pub use decode::KvCache;
 pub use dense::Model;
 pub use error::ModelError;
+pub use tenants::Tenant;

@@ -10,9 +10,9 @@
 use kernels::{Backend, LoraDims, MatmulDims};
 use runtime::MoeConfig;
 
-use super::lora::{DOWN, GATE, PROJS, UP};
+use super::lora::{DOWN, GATE, UP};
+use super::tenants::{gather_parts, Adapters, Site, SitePart};
 use super::{Model, ModelError};
-use crate::adapter::LoraPair;
 use crate::tensor::WeightMap;
 
 /// One sparse block's frozen weights, experts stacked expert-major.
@@ -73,7 +73,7 @@ pub(crate) struct ExpertActs {
     pub up: Vec<f32>,          // (n, I_moe)
     pub act: Vec<f32>,         // (n, I_moe) silu(gate)·up
     pub y: Vec<f32>,           // (n, H) the expert's output, before the routing weight
-    pub lora_h: [Vec<f32>; 3], // (n, rank) x·Aᵀ for gate, up, down; empty without an adapter
+    pub lora_h: [Vec<f32>; 3], // x·Aᵀ for gate, up, down: each adapting span's (rows here, rank), end to end
 }
 
 /// One sparse block's saved routing and expert intermediates.
@@ -86,16 +86,21 @@ pub(crate) struct MoeActs {
 }
 
 impl MoeActs {
-    /// The fraction of the batch's `T·k` token-to-expert assignments each expert received `(E)`.
-    pub fn expert_fractions(&self) -> Vec<f32> {
-        let total = self.top_idx.len().max(1) as f32;
-        self.experts.iter().map(|e| e.rows.len() as f32 / total).collect()
+    /// The fraction of the `T·k` token-to-expert assignments of the token rows `rows` that each
+    /// expert received `(E)`.
+    pub fn expert_fractions(&self, rows: std::ops::Range<usize>) -> Vec<f32> {
+        let tokens = self.probs.len() / self.experts.len().max(1);
+        let k = self.top_idx.len() / tokens.max(1);
+        let total = (rows.len() * k).max(1) as f32;
+        let count =
+            |e: &ExpertActs| e.rows.partition_point(|&r| r < rows.end) - e.rows.partition_point(|&r| r < rows.start);
+        self.experts.iter().map(|e| count(e) as f32 / total).collect()
     }
 }
 
-/// The expert-site adapter pairs at positions `GATE`, `UP`, `DOWN` of a layer's pairs.
-pub(crate) fn expert_pairs<'a>(pairs: &[Option<&'a LoraPair>; PROJS]) -> [Option<&'a LoraPair>; 3] {
-    [pairs[GATE], pairs[UP], pairs[DOWN]]
+/// The expert sites of layer `layer`, in slot order: gate, up, down.
+pub(crate) fn expert_sites(layer: usize) -> [Site; 3] {
+    [GATE, UP, DOWN].map(|proj| Site::Proj { layer, proj })
 }
 
 /// In-place softmax of one row in f32, max subtracted, summed in index order.
@@ -128,13 +133,14 @@ fn top_k(p: &[f32], k: usize, idx: &mut [usize]) {
 }
 
 impl<B: Backend> Model<B> {
-    /// `out (T, H) = Σ_j w_tj · Expert_{e_tj}(x_t)` over `x (T, H)`, the expert projections adapted
-    /// by `pairs` (shared-outer layout) at `scale`. Returns the saved routing and expert activations.
+    /// `out (T, H) = Σ_j w_tj · Expert_{e_tj}(x_t)` over `x (T, H)`, the expert projections of
+    /// layer `layer` adapted per span by `ad` (shared-outer layout). Returns the saved routing and
+    /// expert activations.
     pub(crate) fn moe_forward(
         &self,
         w: &MoeWeights,
-        pairs: [Option<&LoraPair>; 3],
-        scale: f32,
+        ad: &Adapters<'_>,
+        layer: usize,
         x: &[f32],
         out: &mut [f32],
     ) -> MoeActs {
@@ -171,9 +177,11 @@ impl<B: Backend> Model<B> {
                 experts[e].rows.push(t);
             }
         }
+        let parts = expert_sites(layer).map(|site| ad.parts(site));
         for (e, ex) in experts.iter_mut().enumerate() {
             if !ex.rows.is_empty() {
-                self.expert_forward(w, e, pairs, scale, x, ex);
+                let gathered = [0, 1, 2].map(|slot| gather_parts(&parts[slot], &ex.rows));
+                self.expert_forward(w, e, &gathered, x, ex);
             }
         }
 
@@ -192,16 +200,9 @@ impl<B: Backend> Model<B> {
         MoeActs { probs, top_idx, top_w, experts }
     }
 
-    /// Expert `e` on its gathered rows: gate/up (+ shared A, B_e), SwiGLU, down (+ A_e, shared B).
-    fn expert_forward(
-        &self,
-        w: &MoeWeights,
-        e: usize,
-        pairs: [Option<&LoraPair>; 3],
-        scale: f32,
-        x: &[f32],
-        ex: &mut ExpertActs,
-    ) {
+    /// Expert `e` on its gathered rows: gate/up (+ shared A, B_e), SwiGLU, down (+ A_e, shared B),
+    /// each adapter part (`parts`: gate, up, down, on the gathered rows) on its own rows.
+    fn expert_forward(&self, w: &MoeWeights, e: usize, parts: &[Vec<SitePart<'_>>; 3], x: &[f32], ex: &mut ExpertActs) {
         let (h, im) = (self.dims.hidden, w.inter);
         let n = ex.rows.len();
         let be = &self.backend;
@@ -214,24 +215,28 @@ impl<B: Backend> Model<B> {
         be.matmul_nt(&mut ex.gate, &ex.x, w.expert(&w.gate_proj, e), up_dims, false);
         be.matmul_nt(&mut ex.up, &ex.x, w.expert(&w.up_proj, e), up_dims, false);
         for (slot, out) in [(0, &mut ex.gate), (1, &mut ex.up)] {
-            if let Some(p) = pairs[slot] {
+            ex.lora_h[slot] = vec![0.0f32; parts[slot].last().map_or(0, |p| p.h.end)];
+            for part in &parts[slot] {
+                let (p, rows) = (part.pair, &part.rows);
                 assert_eq!((p.d_in, p.d_out), (h, w.experts * im), "moe: gate/up adapter is not (H → E·I_moe)");
                 let r = p.rank;
-                ex.lora_h[slot] = vec![0.0f32; n * r];
                 let b_e = &p.b[e * im * r..(e + 1) * im * r]; // (I_moe, r)
-                let dims = LoraDims { rows: n, d_in: h, d_out: im, rank: r };
-                be.lora_forward(out, &mut ex.lora_h[slot], &ex.x, &p.a, b_e, dims, scale);
+                let dims = LoraDims { rows: rows.len(), d_in: h, d_out: im, rank: r };
+                let (ys, xs) = (&mut out[rows.start * im..rows.end * im], &ex.x[rows.start * h..rows.end * h]);
+                be.lora_forward(ys, &mut ex.lora_h[slot][part.h.clone()], xs, &p.a, b_e, dims, part.scale);
             }
         }
         be.swiglu_forward(&mut ex.act, &ex.gate, &ex.up);
         be.matmul_nt(&mut ex.y, &ex.act, w.expert(&w.down_proj, e), MatmulDims { m: n, k: im, n: h }, false);
-        if let Some(p) = pairs[2] {
+        ex.lora_h[2] = vec![0.0f32; parts[2].last().map_or(0, |p| p.h.end)];
+        for part in &parts[2] {
+            let (p, rows) = (part.pair, &part.rows);
             assert_eq!((p.d_in, p.d_out), (w.experts * im, h), "moe: down adapter is not (E·I_moe → H)");
             let r = p.rank;
-            ex.lora_h[2] = vec![0.0f32; n * r];
             let a_e = &p.a[e * r * im..(e + 1) * r * im]; // (r, I_moe)
-            let dims = LoraDims { rows: n, d_in: im, d_out: h, rank: r };
-            be.lora_forward(&mut ex.y, &mut ex.lora_h[2], &ex.act, a_e, &p.b, dims, scale);
+            let dims = LoraDims { rows: rows.len(), d_in: im, d_out: h, rank: r };
+            let (ys, xs) = (&mut ex.y[rows.start * h..rows.end * h], &ex.act[rows.start * im..rows.end * im]);
+            be.lora_forward(ys, &mut ex.lora_h[2][part.h.clone()], xs, a_e, &p.b, dims, part.scale);
         }
     }
 }

@@ -8,28 +8,39 @@
 
 use kernels::{Backend, LoraDims, MatmulDims};
 
-use super::lora::{DOWN, GATE, PROJS, UP};
-use super::moe::{ExpertActs, MoeActs, MoeWeights};
+use super::backward::{GradTargets, Segments};
+use super::moe::{expert_sites, ExpertActs, MoeActs, MoeWeights};
+use super::tenants::{gather_parts, site_path, SitePart};
 use super::Model;
-use crate::adapter::{LoraPair, LoraWeights};
 
-/// What one sparse block's backward reads besides its activations.
-pub(crate) struct MoeGrad<'a> {
-    pub pairs: [Option<&'a LoraPair>; 3], // gate, up, down expert sites
-    pub paths: &'a [String; PROJS],
-    pub scale: f32,
-    pub segments: &'a [usize], // (S + 1) the batch's cu_seqlens
+/// One expert's adapter parts (gate, up, down, on its gathered rows), their gradient paths, and
+/// the batch's segments.
+struct ExpertGrad<'a> {
+    parts: &'a [Vec<SitePart<'a>>; 3],
+    paths: [&'a str; 3],
+    seg: &'a Segments<'a>,
+}
+
+impl ExpertGrad<'_> {
+    /// One segment per sequence of `part`'s tenant: its rows within this expert's gathered rows,
+    /// rebased to the part's first — exactly what the tenant's batch alone would give.
+    fn segments(&self, part: &SitePart<'_>, ex: &ExpertActs) -> Vec<usize> {
+        let (tenant, start) = (&self.seg.tenants[part.span], part.rows.start);
+        let first_row = self.seg.tenant_rows[part.span];
+        tenant.iter().map(|&c| ex.rows.partition_point(|&r| r < first_row + c) - start).collect()
+    }
 }
 
 impl<B: Backend> Model<B> {
-    /// `dout (T, H)` = d(block output) → `dx (T, H)` = d(block input), overwritten; expert LoRA
-    /// gradients accumulated (`+=`) into `grads`.
+    /// `dout (T, H)` = d(block output) → `dx (T, H)` = d(block input), overwritten; layer
+    /// `layer`'s expert LoRA gradients accumulated (`+=`) per tenant into `gt`.
     pub(crate) fn moe_backward(
         &self,
         w: &MoeWeights,
         acts: &MoeActs,
-        g: &MoeGrad<'_>,
-        grads: &mut LoraWeights,
+        layer: usize,
+        gt: &mut GradTargets<'_, '_>,
+        seg: &Segments<'_>,
         dout: &[f32],
         dx: &mut [f32],
     ) {
@@ -39,9 +50,14 @@ impl<B: Backend> Model<B> {
         assert_eq!(acts.top_w.len(), rows * k, "moe_backward: activations are from another batch");
         dx.fill(0.0);
         let mut dw = vec![0.0f32; rows * k]; // (T, k) d(loss)/d(combine weight)
+        let sites = expert_sites(layer);
+        let parts = sites.map(|site| gt.ad.parts(site));
         for (e, ex) in acts.experts.iter().enumerate() {
             if !ex.rows.is_empty() {
-                self.expert_backward(w, e, ex, acts, g, grads, dout, dx, &mut dw);
+                let gathered = [0, 1, 2].map(|slot| gather_parts(&parts[slot], &ex.rows));
+                let paths = sites.map(|site| site_path(&self.paths, site));
+                let g = ExpertGrad { parts: &gathered, paths, seg };
+                self.expert_backward(w, e, ex, acts, &g, gt, dout, dx, &mut dw);
             }
         }
 
@@ -79,8 +95,8 @@ impl<B: Backend> Model<B> {
         e: usize,
         ex: &ExpertActs,
         acts: &MoeActs,
-        g: &MoeGrad<'_>,
-        grads: &mut LoraWeights,
+        g: &ExpertGrad<'_>,
+        gt: &mut GradTargets<'_, '_>,
         dout: &[f32],
         dx: &mut [f32],
         dw: &mut [f32],
@@ -98,32 +114,36 @@ impl<B: Backend> Model<B> {
                 *dv = wt * v;
             }
         }
-        // One segment per sequence: its rows within this expert's gathered batch.
-        let segs: Vec<usize> = g.segments.iter().map(|&c| ex.rows.partition_point(|&r| r < c)).collect();
-
         let mut dact = vec![0.0f32; n * im]; // (n, I_moe)
         be.matmul_nn(&mut dact, &dy, w.expert(&w.down_proj, e), MatmulDims { m: n, k: im, n: h }, false);
-        if let Some(p) = g.pairs[2] {
-            let r = p.rank;
-            let gp = grads.get_mut(&g.paths[DOWN]).expect("gradient sites were checked against the adapter's");
+        for part in &g.parts[2] {
+            let Some(grads) = gt.grads[part.span].as_deref_mut() else { continue };
+            let (p, rows, r) = (part.pair, &part.rows, part.pair.rank);
+            let gp = grads.get_mut(g.paths[2]).expect("gradient sites were checked against the adapter's");
             let (a_e, da_e) = (&p.a[e * r * im..(e + 1) * r * im], &mut gp.a[e * r * im..(e + 1) * r * im]);
-            let dims = LoraDims { rows: n, d_in: im, d_out: h, rank: r };
-            be.lora_backward(&mut dact, da_e, &mut gp.b, &dy, &ex.act, &ex.lora_h[2], a_e, &p.b, dims, g.scale, &segs);
+            let dims = LoraDims { rows: rows.len(), d_in: im, d_out: h, rank: r };
+            let segs = g.segments(part, ex);
+            let (dacts, dys) = (&mut dact[rows.start * im..rows.end * im], &dy[rows.start * h..rows.end * h]);
+            let (acts_x, hl) = (&ex.act[rows.start * im..rows.end * im], &ex.lora_h[2][part.h.clone()]);
+            be.lora_backward(dacts, da_e, &mut gp.b, dys, acts_x, hl, a_e, &p.b, dims, part.scale, &segs);
         }
         let (mut dgate, mut dup) = (vec![0.0f32; n * im], vec![0.0f32; n * im]); // (n, I_moe) each
         be.swiglu_backward(&mut dgate, &mut dup, &dact, &ex.gate, &ex.up);
 
         let mut dxe = vec![0.0f32; n * h]; // (n, H)
         let dims_in = MatmulDims { m: n, k: h, n: im };
-        for (slot, path, dproj, weight) in [(0, GATE, &dgate, &w.gate_proj), (1, UP, &dup, &w.up_proj)] {
+        for (slot, dproj, weight) in [(0, &dgate, &w.gate_proj), (1, &dup, &w.up_proj)] {
             be.matmul_nn(&mut dxe, dproj, w.expert(weight, e), dims_in, slot > 0);
-            if let Some(p) = g.pairs[slot] {
-                let r = p.rank;
-                let gp = grads.get_mut(&g.paths[path]).expect("gradient sites were checked against the adapter's");
+            for part in &g.parts[slot] {
+                let Some(grads) = gt.grads[part.span].as_deref_mut() else { continue };
+                let (p, rows, r) = (part.pair, &part.rows, part.pair.rank);
+                let gp = grads.get_mut(g.paths[slot]).expect("gradient sites were checked against the adapter's");
                 let (b_e, db_e) = (&p.b[e * im * r..(e + 1) * im * r], &mut gp.b[e * im * r..(e + 1) * im * r]);
-                let dims = LoraDims { rows: n, d_in: h, d_out: im, rank: r };
-                let hl = &ex.lora_h[slot];
-                be.lora_backward(&mut dxe, &mut gp.a, db_e, dproj, &ex.x, hl, &p.a, b_e, dims, g.scale, &segs);
+                let dims = LoraDims { rows: rows.len(), d_in: h, d_out: im, rank: r };
+                let segs = g.segments(part, ex);
+                let (dxs, dps) = (&mut dxe[rows.start * h..rows.end * h], &dproj[rows.start * im..rows.end * im]);
+                let (xs, hl) = (&ex.x[rows.start * h..rows.end * h], &ex.lora_h[slot][part.h.clone()]);
+                be.lora_backward(dxs, &mut gp.a, db_e, dps, xs, hl, &p.a, b_e, dims, part.scale, &segs);
             }
         }
         for (i, &t) in ex.rows.iter().enumerate() {
