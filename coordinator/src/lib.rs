@@ -5,6 +5,7 @@
 //! Entry point: [`serve`] (binds, then [`serve_on`]). Decisions live in [`core`] (pure);
 //! `state`, `exec`, `store` and `http` are the shell that feeds it and carries out its results.
 
+mod batching;
 pub mod core;
 mod error;
 mod exec;
@@ -78,6 +79,8 @@ pub async fn serve_on(
     tuning: Tuning,
 ) -> Result<(), ServeError> {
     let local = listener.local_addr().map_err(ServeError::Serve)?;
+    // Concurrent forward_backward requests of different runs share multi-tenant steps.
+    let link: Arc<dyn WorkerLink> = Arc::new(batching::BatchingLink::spawn(link));
     let app = Arc::new(build_app(&config, local, models, link, clock, tuning)?);
     let ticker = {
         let app = Arc::clone(&app);

@@ -125,6 +125,24 @@ pub enum ToWorker {
     Sample(SampleRequest),
     /// Reports the worker's memory: base models, each run and sampler, totals and the budget.
     Memory,
+    /// Several runs' forward(_backward) requests as one multi-tenant step: the items on one base
+    /// model share a packed pass (each run through its own adapter). Answered by
+    /// `FromWorker::Each`, one reply per item in order, each exactly what `ForwardBackward` alone
+    /// would answer. A run appears at most once (the coordinator never has two of a run's
+    /// requests in flight).
+    ForwardBackwardMany {
+        items: Vec<FbRequest>,
+    },
+}
+
+/// One run's request inside `ToWorker::ForwardBackwardMany`: the fields of `ToWorker::ForwardBackward`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FbRequest {
+    pub run: String,
+    pub data: Vec<Datum>,
+    pub loss_fn: String,
+    pub loss_config: BTreeMap<String, f64>,
+    pub forward_only: bool,
 }
 
 /// Where a sampler's adapter comes from.
@@ -229,6 +247,8 @@ pub enum FromWorker {
     },
     /// The answer to `ToWorker::Memory`.
     Memory(MemoryReport),
+    /// The answers to `ToWorker::ForwardBackwardMany`, one per item in order.
+    Each(Vec<FromWorker>),
 }
 
 /// One training run's share of worker memory. Every value is f32 (4 bytes).

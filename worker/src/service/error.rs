@@ -54,6 +54,8 @@ pub enum ServiceError {
     Encode { what: &'static str, why: String },
     #[error("the tokenizer of `{model}` cannot decode sampled tokens to check stop strings: {why}")]
     Decode { model: String, why: String },
+    #[error("training run `{run}` appears twice in one batched step; this is a lathe bug, please report it")]
+    RunTwiceInStep { run: String },
     /// A run or sampler would exceed the worker's memory budget; nothing was allocated.
     #[error("{0}")]
     MemoryBudget(BudgetRefusal),
@@ -67,7 +69,8 @@ impl ServiceError {
             ServiceError::StaleGeneration { .. }
             | ServiceError::Io { .. }
             | ServiceError::Encode { .. }
-            | ServiceError::Decode { .. } => Server,
+            | ServiceError::Decode { .. }
+            | ServiceError::RunTwiceInStep { .. } => Server,
             ServiceError::Train(TrainError::Model(e)) | ServiceError::Model(e) => model_error_category(e),
             _ => User,
         }
@@ -96,6 +99,8 @@ fn model_error_category(e: &ModelError) -> ErrorCategory {
         | ModelError::GradientLength { .. }
         | ModelError::ForwardMismatch { .. }
         | ModelError::ForwardWithoutLora
+        | ModelError::Tenants { .. }
+        | ModelError::TenantMismatch { .. }
         | ModelError::Config(_)
         | ModelError::Weight(_)
         | ModelError::UnsupportedFamily { .. }

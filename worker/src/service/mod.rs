@@ -19,6 +19,7 @@ mod peft;
 mod prompt;
 mod runs;
 mod samplers;
+mod step;
 mod stop;
 
 use std::collections::BTreeMap;
@@ -130,6 +131,7 @@ impl WorkerService {
             }
             ToWorker::Sample(req) => self.sample(&req),
             ToWorker::Memory => Ok(FromWorker::Memory(self.memory_report())),
+            ToWorker::ForwardBackwardMany { items } => Ok(self.forward_backward_many(items)),
         }
     }
 
