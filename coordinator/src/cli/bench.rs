@@ -1,5 +1,6 @@
-//! `lathe bench`: end-to-end throughput of the train step (forward_backward + optim_step), the
-//! forward pass to logprobs, and sampling, as JSON lines shaped like `bench_torch_peft.py`'s so the
+//! `lathe bench`: end-to-end throughput of the train step (forward_backward + optim_step), a
+//! multi-tenant step (many runs' requests in one pass) against the same runs stepped one by one,
+//! the forward pass to logprobs, and sampling, as JSON lines shaped like `bench_torch_peft.py`'s so the
 //! two can be run side by side and compared line by line.
 //!
 //! FLOPs are the same analytic "model FLOPs" the PyTorch script uses (base linears + lm_head +
@@ -20,7 +21,7 @@ use worker::optim::{AdamParams, TrainState};
 use worker::rng::Rng;
 use worker::sample::{sample, SampleParams};
 use worker::tensor::WeightMap;
-use worker::train::Datum;
+use worker::train::{step_many, Datum, StepItem};
 
 use super::catalog;
 use super::load_monitor::LoadMonitor;
@@ -32,6 +33,8 @@ const SEED: u64 = 0;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Op {
     Train,
+    /// 8 training runs × 1 sequence each: one multi-tenant step vs the 8 stepped one by one.
+    MultiTenant,
     Forward,
     Sample,
     All,
@@ -151,15 +154,19 @@ fn bench_model<B: Backend>(args: &BenchArgs, name: &str, model: Model<B>) -> Res
     let lora = LoraConfig::new(BENCH_RANK, 32.0, SEED, true, true, false)?;
     let small = name == "bench/small";
     let ops: &[Op] = match args.op {
-        Op::All => &[Op::Train, Op::Forward, Op::Sample],
+        Op::All => &[Op::Train, Op::MultiTenant, Op::Forward, Op::Sample],
         Op::Train => &[Op::Train],
+        Op::MultiTenant => &[Op::MultiTenant],
         Op::Forward => &[Op::Forward],
         Op::Sample => &[Op::Sample],
     };
     for &op in ops {
         // The PyTorch script's plan: train 8×512 (small: 4×256), forward 8×512, sample 8 × (64 + 128).
+        // Multi-tenant: 8 runs of one 128-token sequence each (short requests are where sharing
+        // a pass pays).
         let (batch_default, seq_default) = match op {
             Op::Train if small => (4, 256),
+            Op::MultiTenant => (8, 128),
             Op::Sample => (8, 64),
             _ => (8, 512),
         };
@@ -167,6 +174,7 @@ fn bench_model<B: Backend>(args: &BenchArgs, name: &str, model: Model<B>) -> Res
         let seq = args.seq.unwrap_or(seq_default).min(model.config().max_position_embeddings.saturating_sub(1));
         let line = match op {
             Op::Train => bench_train(args, &model, &lora, batch, seq)?,
+            Op::MultiTenant => bench_multi_tenant(args, &model, &lora, batch, seq)?,
             Op::Forward => bench_forward(args, &model, &lora, batch, seq)?,
             Op::Sample => bench_sample(args, &model, &lora, batch, seq)?,
             Op::All => unreachable!("expanded above"),
@@ -220,6 +228,59 @@ fn bench_train<B: Backend>(
     Ok(json!({"op": "train_step", "batch": batch, "seq": seq, "tokens_per_s": round1(tokens / t.median_s),
         "gflops": round1(f.train * tokens / t.median_s / 1e9), "step_s": round3(t.median_s), "iters": t.iters,
         "other_procs_cores": t.other_cores, "params_lora": state.params.numel()}))
+}
+
+/// `runs` training runs (own adapters, seeds differ) with one `seq`-token sequence each: the time
+/// of one multi-tenant step (`step_many` + each run's optim_step) against the same requests
+/// stepped one run after another. `speedup` = sequential / batched.
+fn bench_multi_tenant<B: Backend>(
+    args: &BenchArgs,
+    model: &Model<B>,
+    lora: &LoraConfig,
+    runs: usize,
+    seq: usize,
+) -> Result<Value> {
+    let config = model.config();
+    let loras: Vec<LoraConfig> = (0..runs as u64)
+        .map(|r| LoraConfig::new(lora.rank, lora.alpha, SEED + r, lora.train_attn, lora.train_mlp, lora.train_unembed))
+        .collect::<Result<_, _>>()?;
+    let mut states: Vec<TrainState> = loras.iter().map(|l| TrainState::new(&lora_sites(config, l), l)).collect();
+    let data: Vec<Vec<Datum>> = (0..runs as u64).map(|r| make_data(config, 1, seq, 10 + r)).collect();
+    let adam = AdamParams::tinker_defaults();
+    let loss = LossFn::CrossEntropy;
+    let mut batched = || -> Result<()> {
+        let mut items: Vec<StepItem<'_>> = states
+            .iter_mut()
+            .zip(&data)
+            .map(|(state, d)| StepItem { state, data: d, loss: &loss, backward: true })
+            .collect();
+        for r in step_many(model, &mut items) {
+            r?;
+        }
+        for state in &mut states {
+            state.optim_step(model.backend(), &adam)?;
+        }
+        Ok(())
+    };
+    let tb = timed(args, &mut batched)?;
+    let mut sequential = || -> Result<()> {
+        for (state, d) in states.iter_mut().zip(&data) {
+            state.forward_backward(model, d, &loss)?;
+            state.optim_step(model.backend(), &adam)?;
+        }
+        Ok(())
+    };
+    let ts = timed(args, &mut sequential)?;
+    let tokens = (runs * seq) as f64;
+    let other = match (tb.other_cores, ts.other_cores) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    Ok(json!({"op": "multi_tenant_step", "runs": runs, "batch": 1, "seq": seq,
+        "batched_step_s": round3(tb.median_s), "sequential_s": round3(ts.median_s),
+        "speedup": round3(ts.median_s / tb.median_s),
+        "tokens_per_s": round1(tokens / tb.median_s), "sequential_tokens_per_s": round1(tokens / ts.median_s),
+        "iters": tb.iters.min(ts.iters), "other_procs_cores": other}))
 }
 
 fn bench_forward<B: Backend>(
