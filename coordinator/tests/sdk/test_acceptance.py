@@ -440,3 +440,43 @@ def test_step13_close_finishes_the_session(server):
         assert status == 200 and body.get("category") == "user" and body.get("error"), body
     else:
         assert 400 <= status < 500 and status != 409, (status, body)
+
+
+def test_step13_concurrent_runs_share_steps_and_get_what_they_get_alone(sc):
+    """Four runs (two ranks, two losses) submitted at once — the coordinator packs waiting
+    requests of different runs into multi-tenant steps — get exactly what the same four runs get
+    stepped one at a time: per-datum logprobs, loss, and the adapter after each optim_step."""
+    specs = [(RANK, "cross_entropy"), (2 * RANK, "importance_sampling"), (2 * RANK, "cross_entropy"),
+             (RANK, "importance_sampling")]
+
+    def request(i: int, loss: str, round_: int) -> list[types.Datum]:
+        tokens = [t for t in TINY_SEQS[(i + round_) % 2]][: 6 + i]
+        if loss == "cross_entropy":
+            return [sft_datum(tokens, 2), sft_datum(TINY_SEQS[1], 1)]
+        n = len(tokens) - 1
+        return [rl_datum(tokens, [-6.2 + 0.01 * j for j in range(n)], [0.5 - 0.25 * j for j in range(n)])]
+
+    def make():
+        return [sc.create_lora_training_client(base_model=TINY, rank=r, seed=40 + i).result()
+                for i, (r, _) in enumerate(specs)]
+
+    together, alone = make(), make()
+    adam = types.AdamParams(learning_rate=1e-2)
+    for round_ in range(3):
+        reqs = [request(i, loss, round_) for i, (_, loss) in enumerate(specs)]
+        pending = [c.forward_backward(d, loss) for c, d, (_, loss) in zip(together, reqs, specs)]
+        got = [f.result() for f in pending]
+        want = [c.forward_backward(d, loss).result() for c, d, (_, loss) in zip(alone, reqs, specs)]
+        for i, (g, w) in enumerate(zip(got, want)):
+            for a, b in zip(logprobs_of(g), logprobs_of(w), strict=True):
+                np.testing.assert_array_equal(a, b, err_msg=f"round {round_} run {i}")
+            assert g.metrics["loss:sum"] == w.metrics["loss:sum"], (round_, i)
+        steps = [c.optim_step(adam) for c in together]
+        for s in steps:
+            s.result()
+        for c in alone:
+            c.optim_step(adam).result()
+    probe = tiny_sft_batch()
+    for i, (a, b) in enumerate(zip(together, alone)):
+        for x, y in zip(forward_logprobs(a, probe), forward_logprobs(b, probe), strict=True):
+            np.testing.assert_array_equal(x, y, err_msg=f"run {i}: adapters differ after the steps")
