@@ -69,9 +69,9 @@ impl<B: Backend> Model<B> {
     }
 
     /// The backward of [`Self::forward_tenants`]: tenant `i`'s gradients accumulate (`+=`) into
-    /// `grads[i]`, or nowhere when it is `None` (a forward-only tenant, whose `dlogprobs` rows
-    /// must then be zero). Each tenant's gradients equal, bit for bit, those of a backward over its
-    /// sequences alone.
+    /// `grads[i]`, or nowhere when it is `None` (a forward-only tenant: its rows never mix with
+    /// another tenant's, so skipping its adapter changes nobody else's gradients). Each tenant's
+    /// gradients equal, bit for bit, those of a backward over its sequences alone.
     ///
     /// # Errors
     /// As [`Self::backward`], and `ModelError::TenantMismatch` when `tenants` or `grads` differ in
