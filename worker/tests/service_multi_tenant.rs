@@ -80,3 +80,46 @@ fn a_batched_step_answers_each_item_as_if_it_came_alone() {
         assert_eq!(bits(&logprobs(&x)), bits(&logprobs(&y)), "run {run}: adapters differ after the steps");
     }
 }
+
+/// A step's activations count against the memory budget while it runs: a request too big for
+/// what is free is refused as a user error (nothing changes), and items that fit alone but not
+/// together run in separate passes with the same results.
+#[test]
+fn steps_beyond_the_free_budget_are_split_or_refused_before_they_run() {
+    let per_token = served(DENSE, false).model.step_bytes_per_token(4);
+    let unlimited = || {
+        let mut svc = WorkerService::new(1, vec![served(DENSE, false)]);
+        for (run, seed) in [("a", 1), ("b", 2)] {
+            let lora = LoraConfig::new(4, 8.0, seed, true, true, true).unwrap();
+            let reply = call(&mut svc, ToWorker::CreateRun { run: run.into(), base_model: DENSE.into(), lora });
+            assert_eq!(reply, FromWorker::Done);
+        }
+        svc
+    };
+    let mut reference = unlimited();
+    // Room for the activations of 30 tokens next to the base model and the two runs.
+    let used = reference.memory_report().used_bytes;
+    let mut tight = unlimited().with_memory_budget(Some(used + 30 * per_token));
+    assert_eq!(tight.memory_report().free_bytes, Some(30 * per_token));
+
+    // 4 datums × 11 tokens = 44 > 30: refused, and run a is untouched.
+    let big = (0..4).map(|i| ce_datum(&ids(12, 200 + i))).collect::<Vec<_>>();
+    let reply = single(&mut tight, &item("a", big, false));
+    let (category, message) = failure(reply);
+    assert_eq!(category, ErrorCategory::User, "{message}");
+    assert!(message.contains("44 tokens") && message.contains("activations") && message.contains("split"), "{message}");
+
+    // 2 × 11 tokens each: one run's 22 fit, both together (44) do not: two passes, same answers.
+    let eleven = |seed: u64| (0..2).map(|i| ce_datum(&ids(12, seed + i))).collect::<Vec<_>>();
+    let items = vec![item("a", eleven(300), false), item("b", eleven(400), false)];
+    let FromWorker::Each(replies) = call(&mut tight, ToWorker::ForwardBackwardMany { items: items.clone() }) else {
+        panic!("ForwardBackwardMany is answered by Each");
+    };
+    for (i, it) in items.iter().enumerate() {
+        assert!(matches!(replies[i], FromWorker::ForwardBackward(_)), "item {i}: {:?}", replies[i]);
+        assert_eq!(replies[i], single(&mut reference, it), "item {i}");
+    }
+    for run in ["a", "b"] {
+        assert_eq!(step(&mut tight, run, 1e-2), step(&mut reference, run, 1e-2), "run {run}");
+    }
+}

@@ -24,18 +24,20 @@ pub(crate) struct LayerActs {
     pub x_mid: Vec<f32>,           // (T, H) residual after attention
     pub m: Vec<f32>,               // (T, H) post_attention_layernorm(x_mid)
     pub rstd_m: Vec<f32>,          // (T)
-    pub gate: Vec<f32>,            // (T, I) gate_proj(m)
-    pub up: Vec<f32>,              // (T, I) up_proj(m)
-    pub act: Vec<f32>,             // (T, I) silu(gate)·up, down_proj's input
+    pub gate: Vec<f32>,            // (T, I) gate_proj(m); empty on a sparse MoE layer
+    pub up: Vec<f32>,              // (T, I) up_proj(m); empty on a sparse MoE layer
+    pub act: Vec<f32>,             // (T, I) silu(gate)·up, down_proj's input; empty on a sparse MoE layer
     pub lora_h: [Vec<f32>; PROJS], // x·Aᵀ per projection: each adapting span's (rows, rank), end to end
-    /// A sparse layer's routing and expert intermediates (its gate/up/act above stay unused).
+    /// A sparse layer's routing and expert intermediates.
     pub moe: Option<MoeActs>,
 }
 
 impl LayerActs {
-    /// Zeroed buffers for `rows` tokens; `h_lens` sizes each projection's `x·Aᵀ` buffer.
-    pub fn new(rows: usize, d: Dims, qk_norm: bool, h_lens: [usize; PROJS]) -> Self {
+    /// Zeroed buffers for `rows` tokens; `h_lens` sizes each projection's `x·Aᵀ` buffer. Without
+    /// `dense_mlp` (a sparse MoE layer, whose experts keep their own) the MLP buffers stay empty.
+    pub fn new(rows: usize, d: Dims, qk_norm: bool, dense_mlp: bool, h_lens: [usize; PROJS]) -> Self {
         let n = |width: usize| vec![0.0f32; rows * width];
+        let mlp = |width: usize| if dense_mlp { n(width) } else { Vec::new() };
         let qk = |width: usize| if qk_norm { n(width) } else { Vec::new() };
         LayerActs {
             x: n(d.hidden),
@@ -53,9 +55,9 @@ impl LayerActs {
             x_mid: n(d.hidden),
             m: n(d.hidden),
             rstd_m: n(1),
-            gate: n(d.intermediate),
-            up: n(d.intermediate),
-            act: n(d.intermediate),
+            gate: mlp(d.intermediate),
+            up: mlp(d.intermediate),
+            act: mlp(d.intermediate),
             lora_h: h_lens.map(|len| vec![0.0f32; len]),
             moe: None,
         }
@@ -112,5 +114,85 @@ impl Forward {
     pub fn moe_expert_fractions_of(&self, rows: std::ops::Range<usize>) -> Vec<(usize, Vec<f32>)> {
         let moe = self.layers.iter().enumerate();
         moe.filter_map(|(l, a)| a.moe.as_ref().map(|m| (l, m.expert_fractions(rows.clone())))).collect()
+    }
+}
+
+impl<B: kernels::Backend> super::Model<B> {
+    /// An upper bound on the bytes one token costs a forward_backward while it runs, with an
+    /// adapter of rank `rank` on every site: the activations `forward` saves (`LayerActs`,
+    /// `MoeActs` with its per-assignment expert buffers, `FinalActs`, the logits), and what
+    /// `backward` holds next to them (the logits' gradient, the layer scratch, one expert's
+    /// temporaries). Kept next to the buffers it counts so the two change together; the memory
+    /// budget uses it to refuse or split a step before it runs out of memory.
+    pub fn step_bytes_per_token(&self, rank: usize) -> u64 {
+        let d = self.dims;
+        let c = &self.config;
+        let (h, i, v) = (d.hidden, d.intermediate, d.vocab);
+        let qk = if c.family.has_qk_norm() { d.q_dim + d.kv_dim + d.heads + d.kv_heads } else { 0 };
+        // usize buffers (expert rows, top-k indices) count as two f32 slots.
+        let attn_side = 4 * h + 2 + 2 * d.q_dim + 2 * d.kv_dim + d.heads + qk + 4 * rank;
+        let dense_layer = attn_side + 3 * i + 3 * rank;
+        let moe_layer = c.moe.as_ref().map_or(0, |m| {
+            let k = m.num_experts_per_tok;
+            attn_side + m.num_experts + 3 * k + k * (2 + 2 * h + 3 * m.moe_intermediate_size + 3 * rank)
+        });
+        let layers: usize = (0..c.num_hidden_layers)
+            .map(|l| match &c.moe {
+                Some(m) if m.is_moe_layer(l) => moe_layer,
+                _ => dense_layer,
+            })
+            .sum();
+        let trunk = 2 * h + 3; // residual stream and scratch; tokens, positions, a target
+        let head = 2 * h + 2 + rank + 2 * v; // FinalActs, logits, logprobs
+        let moe_scratch = c.moe.as_ref().map_or(0, |m| 2 * h + 3 * m.moe_intermediate_size + m.num_experts + 2);
+        let backward = v + 3 * h + 3 * i + 3 * d.q_dim + 3 * d.kv_dim + moe_scratch;
+        ((layers + trunk + head + backward) * std::mem::size_of::<f32>()) as u64
+    }
+}
+
+impl Forward {
+    /// The bytes this forward's saved activations, logits and logprobs hold (usize buffers at
+    /// their real width): what [`super::Model::step_bytes_per_token`] bounds, less backward's share.
+    pub fn saved_bytes(&self) -> u64 {
+        let fwd = self;
+        let usize_slots = std::mem::size_of::<usize>() / std::mem::size_of::<f32>();
+        let layer = |a: &LayerActs| {
+            let own = [
+                &a.x, &a.a, &a.rstd_a, &a.q_pre, &a.k_pre, &a.rstd_q, &a.rstd_k, &a.q, &a.k, &a.v, &a.attn, &a.lse,
+                &a.x_mid, &a.m, &a.rstd_m, &a.gate, &a.up, &a.act,
+            ]
+            .iter()
+            .map(|b| b.len())
+            .sum::<usize>()
+                + a.lora_h.iter().map(Vec::len).sum::<usize>();
+            let moe = a.moe.as_ref().map_or(0, |m| {
+                m.probs.len()
+                    + usize_slots * m.top_idx.len()
+                    + m.top_w.len()
+                    + m.experts
+                        .iter()
+                        .map(|e| {
+                            usize_slots * e.rows.len()
+                                + e.x.len()
+                                + e.gate.len()
+                                + e.up.len()
+                                + e.act.len()
+                                + e.y.len()
+                                + e.lora_h.iter().map(Vec::len).sum::<usize>()
+                        })
+                        .sum::<usize>()
+            });
+            own + moe
+        };
+        let f = &fwd.fin;
+        let floats = fwd.layers.iter().map(layer).sum::<usize>()
+            + f.x.len()
+            + f.hf.len()
+            + f.rstd.len()
+            + f.lse.len()
+            + f.lora_h.len()
+            + fwd.logits.len()
+            + fwd.logprobs.len();
+        (floats * std::mem::size_of::<f32>()) as u64
     }
 }

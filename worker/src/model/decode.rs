@@ -85,7 +85,8 @@ impl<B: Backend> Model<B> {
         // Every fed token is its own one-row sequence of the one adapter.
         let ad = Adapters::single(view.clone(), rows, rows);
         // One scratch set reused by every layer: all layers adapt the same projections at one rank.
-        let mut acts = LayerActs::new(rows, d, qk_norm, ad.layer_h_lens(0));
+        let any_dense = self.weights.layers.iter().any(|w| w.moe.is_none());
+        let mut acts = LayerActs::new(rows, d, qk_norm, any_dense, ad.layer_h_lens(0));
         for (l, w) in self.weights.layers.iter().enumerate() {
             acts.x.copy_from_slice(&h);
             self.attn_in(w, (&ad, l), &mut acts, &positions);

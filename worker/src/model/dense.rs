@@ -7,7 +7,7 @@ use kernels::{AttnDims, Backend};
 use runtime::{LoraConfig, ModelConfig, RopeScaling};
 
 use super::acts::{FinalActs, Forward, LayerActs};
-use super::lora::{check_shapes, LoraView, SitePaths};
+use super::lora::{check_shapes, LoraView, SitePaths, DOWN, GATE};
 use super::tenants::{Adapters, Site, Tenant};
 use super::weights::{DenseWeights, Dims};
 use super::{ModelError, PackedBatch};
@@ -106,7 +106,13 @@ impl<B: Backend> Model<B> {
         let mut tmp = vec![0.0f32; t * d.hidden]; // (T, H)
         let mut layers = Vec::with_capacity(self.weights.layers.len());
         for (l, w) in self.weights.layers.iter().enumerate() {
-            let mut acts = LayerActs::new(t, d, qk_norm, ad.layer_h_lens(l));
+            let dense_mlp = w.moe.is_none();
+            let mut h_lens = ad.layer_h_lens(l);
+            if !dense_mlp {
+                // A sparse layer's expert sites keep their x·Aᵀ with each expert.
+                h_lens[GATE..=DOWN].fill(0);
+            }
+            let mut acts = LayerActs::new(t, d, qk_norm, dense_mlp, h_lens);
             acts.x.copy_from_slice(&h);
             self.attn_in(w, (ad, l), &mut acts, &batch.positions);
             let cu = &batch.cu_seqlens;

@@ -70,6 +70,8 @@ pub enum Need {
     Run { action: &'static str, run: String, bytes: RunBytes },
     /// Sampler `sampler`'s frozen adapter copy.
     Sampler { sampler: String, adapter_bytes: u64 },
+    /// The transient activations of a forward(_backward) over `tokens` tokens (freed when it ends).
+    Step { run: String, tokens: usize, bytes: u64 },
 }
 
 impl Need {
@@ -77,6 +79,7 @@ impl Need {
         match self {
             Need::Run { bytes, .. } => bytes.total(),
             Need::Sampler { adapter_bytes, .. } => *adapter_bytes,
+            Need::Step { bytes, .. } => *bytes,
         }
     }
 }
@@ -117,6 +120,12 @@ impl fmt::Display for BudgetRefusal {
             Need::Sampler { sampler, .. } => {
                 write!(f, "sampler `{sampler}` needs {} for its adapter copy", mib(needed))?;
             }
+            Need::Step { run, tokens, .. } => write!(
+                f,
+                "forward_backward of training run `{run}` over {tokens} tokens needs about {} for its activations \
+                 while it runs",
+                mib(needed)
+            )?,
         }
         let used = self.used_bytes();
         write!(
@@ -130,6 +139,9 @@ impl fmt::Display for BudgetRefusal {
             mib(self.budget_bytes),
             mib(self.budget_bytes.saturating_sub(used)),
         )?;
+        if matches!(self.need, Need::Step { .. }) {
+            write!(f, "; or send fewer or shorter datums per request (split the batch)")?;
+        }
         if matches!(self.need, Need::Run { .. }) {
             write!(f, "; or use a smaller rank or train fewer modules (train_mlp, train_attn, train_unembed)")?;
         }
@@ -201,13 +213,19 @@ impl WorkerService {
         if r.used_bytes.saturating_add(need.total()) <= budget_bytes {
             return Ok(());
         }
-        Err(ServiceError::MemoryBudget(BudgetRefusal {
+        Err(self.refusal(need, budget_bytes))
+    }
+
+    /// The refusal of `need` against `budget_bytes`, with what is in use now.
+    pub(super) fn refusal(&self, need: Need, budget_bytes: u64) -> ServiceError {
+        let r = self.memory_report();
+        ServiceError::MemoryBudget(BudgetRefusal {
             need,
             base_bytes: r.base_bytes,
             runs_bytes: r.runs_bytes,
             samplers_bytes: r.samplers_bytes,
             budget_bytes,
-        }))
+        })
     }
 }
 

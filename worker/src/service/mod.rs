@@ -25,7 +25,7 @@ mod stop;
 use std::collections::BTreeMap;
 
 use kernels::CpuBackend;
-use runtime::control::{BaseModelInfo, Envelope, FromWorker, ToWorker};
+use runtime::control::{BaseModelInfo, Envelope, FbRequest, FromWorker, ToWorker};
 use runtime::LoraConfig;
 use tokenizers::Tokenizer;
 
@@ -116,7 +116,7 @@ impl WorkerService {
                 Ok(FromWorker::Done)
             }
             ToWorker::ForwardBackward { run, data, loss_fn, loss_config, forward_only } => {
-                self.forward_backward(&run, data, &loss_fn, &loss_config, forward_only)
+                Ok(self.forward_backward_one(FbRequest { run, data, loss_fn, loss_config, forward_only }))
             }
             ToWorker::OptimStep { run, adam } => self.optim_step(&run, &adam),
             ToWorker::SaveState { run, dir, optimizer } => self.save_state(&run, &dir, optimizer),

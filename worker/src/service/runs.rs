@@ -1,11 +1,10 @@
-//! Training-run messages: create, forward(_backward), optimizer step, save / load a training
-//! checkpoint, export a PEFT adapter. Each validates fully before touching a run, so a refused
+//! Training-run messages: create, optimizer step, save / load a training checkpoint, export a
+//! PEFT adapter (forward(_backward) is in `step`). Each validates fully before touching a run, so a refused
 //! request leaves the run exactly as it was.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
-use runtime::control::{self, AdamConfig, FromWorker};
+use runtime::control::{AdamConfig, FromWorker};
 use runtime::LoraConfig;
 
 use super::checkpoint::{read_header, read_state, state_files};
@@ -15,7 +14,6 @@ use super::memory::{adapter_values, Need, RunBytes};
 use super::peft::{adapter_config, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use super::{convert, served, Run, WorkerService};
 use crate::adapter::lora_sites;
-use crate::loss::LossFn;
 use crate::optim::TrainState;
 
 impl WorkerService {
@@ -37,26 +35,6 @@ impl WorkerService {
         let state = TrainState::new(&sites, &lora);
         self.runs.insert(run, Run { base_model: base_model.to_string(), state });
         Ok(FromWorker::Done)
-    }
-
-    pub(super) fn forward_backward(
-        &mut self,
-        run: &str,
-        data: Vec<control::Datum>,
-        loss_fn: &str,
-        loss_config: &BTreeMap<String, f64>,
-        forward_only: bool,
-    ) -> Result<FromWorker, ServiceError> {
-        let r = self.runs.get_mut(run).ok_or_else(|| ServiceError::UnknownRun { run: run.to_string() })?;
-        let model = &served(&self.models, &r.base_model)?.model;
-        let loss = LossFn::parse(loss_fn, loss_config)?;
-        let data = data.into_iter().enumerate().map(|(i, d)| convert::datum(i, d)).collect::<Result<Vec<_>, _>>()?;
-        let out = if forward_only {
-            r.state.forward(model, &data, &loss)?
-        } else {
-            r.state.forward_backward(model, &data, &loss)?
-        };
-        Ok(FromWorker::ForwardBackward(convert::outputs(&data, out)))
     }
 
     pub(super) fn optim_step(&mut self, run: &str, adam: &AdamConfig) -> Result<FromWorker, ServiceError> {
