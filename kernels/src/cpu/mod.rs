@@ -5,6 +5,7 @@
 //! tolerances; row-wise ops agree bit for bit.
 
 mod attention;
+mod attention_avx;
 pub mod dot_gemm;
 mod linear;
 mod rowwise;
