@@ -74,6 +74,17 @@ fn request(r: usize, step: u64, loss: &str, vocab: usize) -> Vec<Datum> {
     lens.iter().enumerate().map(|(i, &n)| datum(loss, n, vocab, seed + i as u64, r == 0 && i == 1)).collect()
 }
 
+/// One step item per run, run `r` accumulating gradients when `backward(r)`.
+fn step_items<'a>(
+    states: &'a mut [TrainState],
+    requests: &'a [Vec<Datum>],
+    losses: &'a [LossFn],
+    backward: impl Fn(usize) -> bool,
+) -> Vec<StepItem<'a>> {
+    let runs = states.iter_mut().zip(requests).zip(losses).enumerate();
+    runs.map(|(r, ((state, data), loss))| StepItem { state, data, loss, backward: backward(r) }).collect()
+}
+
 fn states(m: &Model<impl Backend>) -> Vec<TrainState> {
     specs().iter().map(|s| TrainState::new(&lora_sites(m.config(), &s.lora), &s.lora)).collect()
 }
@@ -113,12 +124,7 @@ fn check<B: Backend>(name: &str, backend: B) {
             .zip(&losses)
             .map(|((st, data), loss)| st.forward_backward(&m, data, loss).unwrap())
             .collect();
-        let mut items: Vec<StepItem<'_>> = together
-            .iter_mut()
-            .zip(&requests)
-            .zip(&losses)
-            .map(|((state, data), loss)| StepItem { state, data, loss, backward: true })
-            .collect();
+        let mut items = step_items(&mut together, &requests, &losses, |_| true);
         let outs_together: Vec<FbOutput> = step_many(&m, &mut items).into_iter().map(Result::unwrap).collect();
         for r in 0..specs.len() {
             let what = format!("{name} step {step} run {r}");
@@ -163,12 +169,7 @@ fn a_bad_request_in_a_shared_step_fails_only_its_own_run() {
     let mut requests: Vec<Vec<Datum>> = specs.iter().enumerate().map(|(r, s)| request(r, 0, s.loss, vocab)).collect();
     requests[1][0].tokens[2] = vocab as u32; // out of the vocabulary
     let before = shared[1].grads.clone();
-    let mut items: Vec<StepItem<'_>> = shared
-        .iter_mut()
-        .zip(&requests)
-        .zip(&losses)
-        .map(|((state, data), loss)| StepItem { state, data, loss, backward: true })
-        .collect();
+    let mut items = step_items(&mut shared, &requests, &losses, |_| true);
     let outs = step_many(&m, &mut items);
     let err = outs[1].as_ref().unwrap_err().to_string();
     assert!(err.contains("datum 0") && err.contains("vocab"), "{err}");
@@ -191,13 +192,7 @@ fn forward_only_items_share_the_pass_without_gradients() {
     let requests: Vec<Vec<Datum>> = specs.iter().enumerate().map(|(r, s)| request(r, 0, s.loss, vocab)).collect();
     let reference = states(&m);
     let want = reference[2].forward(&m, &requests[2], &losses[2]).unwrap();
-    let mut items: Vec<StepItem<'_>> = shared
-        .iter_mut()
-        .zip(&requests)
-        .zip(&losses)
-        .enumerate()
-        .map(|(r, ((state, data), loss))| StepItem { state, data, loss, backward: r != 2 })
-        .collect();
+    let mut items = step_items(&mut shared, &requests, &losses, |r| r != 2);
     let outs = step_many(&m, &mut items);
     assert_outputs_bits_eq(outs[2].as_ref().unwrap(), &want, "forward-only run");
     assert_eq!(shared[2].grads, reference[2].grads, "a forward-only run accumulated gradients");

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from recording_proxy import RecordingProxy, free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[3]
-# The tiny model the acceptance steps train; ops/test.sh runs them again on tiny/qwen3-moe.
+# The tiny model the suite trains; ops/test.sh runs the suite again (less the SmolLM2 files) on tiny/qwen3-moe.
 TINY = os.environ.get("LATHE_SDK_TINY_MODEL", "tiny/llama3")
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 API_KEY = "tml-sdk-suite"
