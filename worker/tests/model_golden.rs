@@ -7,33 +7,14 @@
 
 mod model_common;
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use kernels::{Backend, CpuBackend, ReferenceBackend};
+use model_common::{golden_fixture_dir, read_f32_safetensors};
 use runtime::{LoraConfig, ModelConfig};
-use safetensors::{Dtype, SafeTensors};
 use worker::adapter::{lora_sites, peft_keys, LoraWeights};
 use worker::model::{Model, PackedBatch};
-use worker::tensor::{HostTensor, WeightMap};
-
-fn fixture_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/golden/fixtures").join(name)
-}
-
-/// Every f32 tensor of a safetensors file by name.
-fn read_safetensors(path: &Path) -> BTreeMap<String, HostTensor> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            assert_eq!(view.dtype(), Dtype::F32, "{name}: fixtures are f32");
-            let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-            (name, HostTensor::new(view.shape().to_vec(), data))
-        })
-        .collect()
-}
+use worker::tensor::WeightMap;
 
 struct Case {
     lora: LoraConfig,
@@ -55,15 +36,15 @@ fn norm(x: impl Iterator<Item = f64>) -> f64 {
 }
 
 fn check_fixture<B: Backend>(name: &str, backend: B) {
-    let dir = fixture_dir(name);
+    let dir = golden_fixture_dir(name);
     if !dir.join("expected.safetensors").exists() {
         println!("NOTICE: golden fixture {} is absent; skipping {name}", dir.display());
         return;
     }
     let config = ModelConfig::from_json_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
-    let weights = WeightMap { tensors: read_safetensors(&dir.join("model.safetensors")) };
-    let adapter = read_safetensors(&dir.join("adapter_model.safetensors"));
-    let expected = read_safetensors(&dir.join("expected.safetensors"));
+    let weights = WeightMap { tensors: read_f32_safetensors(&dir.join("model.safetensors")) };
+    let adapter = read_f32_safetensors(&dir.join("adapter_model.safetensors"));
+    let expected = read_f32_safetensors(&dir.join("expected.safetensors"));
     let case = read_case(&dir);
     let model = Model::new(config.clone(), weights, backend).unwrap();
 

@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use kernels::{Backend, CpuBackend, ReferenceBackend};
+use model_common::{golden_fixture_dir, read_f32_safetensors, read_json};
 use runtime::{LoraConfig, ModelConfig};
-use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 use worker::adapter::{lora_sites, site_tensors, LoraWeights};
 use worker::loss::{LossFn, LossInput, LossInputs};
@@ -28,25 +28,7 @@ type Seq = model_common::GoldenSeq;
 const NAME: &str = "tiny-qwen3-moe";
 
 fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/golden/fixtures").join(NAME)
-}
-
-/// Every f32 tensor of a safetensors file by name.
-fn read_safetensors(path: &Path) -> BTreeMap<String, HostTensor> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            assert_eq!(view.dtype(), Dtype::F32, "{name}: fixtures are f32");
-            let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-            (name, HostTensor::new(view.shape().to_vec(), data))
-        })
-        .collect()
-}
-
-fn json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    golden_fixture_dir(NAME)
 }
 
 fn read_case(dir: &Path) -> (LoraConfig, Vec<Seq>) {
@@ -86,10 +68,10 @@ fn check<B: Backend>(backend: B) {
         return;
     }
     let config = ModelConfig::from_json_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
-    let weights = WeightMap { tensors: read_safetensors(&dir.join("model.safetensors")) };
-    let expected = read_safetensors(&dir.join("expected.safetensors"));
+    let weights = WeightMap { tensors: read_f32_safetensors(&dir.join("model.safetensors")) };
+    let expected = read_f32_safetensors(&dir.join("expected.safetensors"));
     let (lcfg, seqs) = read_case(&dir);
-    let lora = read_adapter(&config, &lcfg, &read_safetensors(&dir.join("adapter_model.safetensors")));
+    let lora = read_adapter(&config, &lcfg, &read_f32_safetensors(&dir.join("adapter_model.safetensors")));
     let model = Model::new(config.clone(), weights, backend).unwrap();
 
     let refs: Vec<(&[u32], &[u32])> = seqs.iter().map(|(t, g, _)| (&t[..], &g[..])).collect();
@@ -109,7 +91,7 @@ fn check<B: Backend>(backend: B) {
     assert!((loss - want).abs() <= 1e-4 * want.abs().max(1.0), "loss {loss} vs PyTorch {want}");
 
     // Load balance: assignments per expert, as fractions of the batch's T·k.
-    let routing = json(&dir.join("routing.json"));
+    let routing = read_json(&dir.join("routing.json"));
     let slots = (batch.num_tokens() * config.moe.as_ref().unwrap().num_experts_per_tok) as f32;
     for (layer, fr) in fwd.moe_expert_fractions() {
         let counts = routing[format!("layer{layer}")]["assignments_per_expert"].as_array().unwrap();
@@ -157,11 +139,11 @@ fn ten_adamw_steps_follow_the_pytorch_trajectory() {
         return;
     }
     let config = ModelConfig::from_json_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
-    let weights = WeightMap { tensors: read_safetensors(&dir.join("model.safetensors")) };
+    let weights = WeightMap { tensors: read_f32_safetensors(&dir.join("model.safetensors")) };
     let (lcfg, seqs) = read_case(&dir);
     let model = Model::new(config.clone(), weights, ReferenceBackend).unwrap();
     let mut state = TrainState::new(&lora_sites(&config, &lcfg), &lcfg);
-    state.params = read_adapter(&config, &lcfg, &read_safetensors(&dir.join("adapter_model.safetensors")));
+    state.params = read_adapter(&config, &lcfg, &read_f32_safetensors(&dir.join("adapter_model.safetensors")));
     let data: Vec<Datum> = seqs
         .iter()
         .map(|(tokens, targets, w)| {
@@ -172,13 +154,13 @@ fn ten_adamw_steps_follow_the_pytorch_trajectory() {
             Datum { tokens: tokens.clone(), loss_fn_inputs: inputs }
         })
         .collect();
-    let case = json(&dir.join("case.json"));
+    let case = read_json(&dir.join("case.json"));
     let p = |k: &str| case["adam"][k].as_f64().unwrap();
     let adam =
         AdamParams::new(p("learning_rate"), p("beta1"), p("beta2"), p("eps"), p("weight_decay"), p("grad_clip_norm"))
             .unwrap();
     let ce = LossFn::parse("cross_entropy", &BTreeMap::new()).unwrap();
-    let trajectory = json(&dir.join("trajectory.json"));
+    let trajectory = read_json(&dir.join("trajectory.json"));
     let (want_losses, want_norms) = (f64s(&trajectory["losses"]), f64s(&trajectory["grad_norms"]));
     assert_eq!(want_losses.len(), 10);
     for (step, (want, norm)) in want_losses.iter().zip(&want_norms).enumerate() {
@@ -187,7 +169,7 @@ fn ten_adamw_steps_follow_the_pytorch_trajectory() {
         assert!((loss - want).abs() <= 1e-4 * want.abs(), "step {}: loss {loss}, torch {want}", step + 1);
         assert!((got_norm - norm).abs() <= 1e-4 * norm, "step {}: grad_norm {got_norm}, torch {norm}", step + 1);
     }
-    let want = read_safetensors(&dir.join("final_adapter.safetensors"));
+    let want = read_f32_safetensors(&dir.join("final_adapter.safetensors"));
     let got = &state.params;
     for site in &lora_sites(&config, &lcfg) {
         for t in site_tensors(&config, site, lcfg.rank) {

@@ -6,40 +6,24 @@
 //! match PyTorch's to 1e-4 of each tensor's largest value.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns may unwrap too (house rule 5)
 
+mod model_common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use kernels::ReferenceBackend;
+use model_common::{golden_fixture_dir, read_f32_safetensors, read_json};
 use runtime::{LoraConfig, ModelConfig};
-use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 use worker::adapter::{lora_sites, peft_keys};
 use worker::loss::{LossFn, LossInput, LossInputs};
 use worker::model::Model;
 use worker::optim::{AdamParams, TrainState};
-use worker::tensor::{HostTensor, WeightMap};
+use worker::tensor::WeightMap;
 use worker::train::Datum;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/golden/fixtures").join(name)
-}
-
-/// Every tensor of an f32 safetensors file.
-fn read_safetensors(path: &Path) -> BTreeMap<String, HostTensor> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let file = SafeTensors::deserialize(&bytes).unwrap();
-    file.tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            assert_eq!(view.dtype(), Dtype::F32, "{name} is not f32");
-            let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-            (name, HostTensor::new(view.shape().to_vec(), data))
-        })
-        .collect()
-}
-
-fn json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    golden_fixture_dir(name)
 }
 
 fn f64s(v: &Value) -> Vec<f64> {
@@ -69,7 +53,7 @@ fn datums(case: &Value) -> Vec<Datum> {
 fn load(dir: &Path, case: &Value) -> (Model<ReferenceBackend>, TrainState) {
     let config = ModelConfig::from_json_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let mut weights = WeightMap::default();
-    for (name, t) in read_safetensors(&dir.join("model.safetensors")) {
+    for (name, t) in read_f32_safetensors(&dir.join("model.safetensors")) {
         weights.insert(name, t);
     }
     let l = &case["lora"];
@@ -86,7 +70,7 @@ fn load(dir: &Path, case: &Value) -> (Model<ReferenceBackend>, TrainState) {
     .unwrap();
     let sites = lora_sites(&config, &lora);
     let mut state = TrainState::new(&sites, &lora);
-    let mut adapter = read_safetensors(&dir.join("adapter_model.safetensors"));
+    let mut adapter = read_f32_safetensors(&dir.join("adapter_model.safetensors"));
     for site in &sites {
         let (ka, kb) = peft_keys(&site.path);
         let (a, b) = (adapter.remove(&ka).expect("lora_A in adapter"), adapter.remove(&kb).expect("lora_B in adapter"));
@@ -104,8 +88,8 @@ fn load(dir: &Path, case: &Value) -> (Model<ReferenceBackend>, TrainState) {
 
 fn run_trajectory(name: &str) {
     let dir = fixture(name);
-    let case = json(&dir.join("case.json"));
-    let trajectory = json(&dir.join("trajectory.json"));
+    let case = read_json(&dir.join("case.json"));
+    let trajectory = read_json(&dir.join("trajectory.json"));
     let (model, mut state) = load(&dir, &case);
     let data = datums(&case);
     let a = &case["adam"];
@@ -134,7 +118,7 @@ fn run_trajectory(name: &str) {
         );
     }
     // The final adapter: every tensor within 1e-4 of PyTorch's, relative to the tensor's largest value.
-    let mut want = read_safetensors(&dir.join("final_adapter.safetensors"));
+    let mut want = read_f32_safetensors(&dir.join("final_adapter.safetensors"));
     for (path, pair) in &state.params.sites {
         let (ka, kb) = peft_keys(path);
         for (key, got) in [(ka, &pair.a), (kb, &pair.b)] {

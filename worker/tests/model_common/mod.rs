@@ -49,13 +49,37 @@ pub fn assert_bits_eq(a: &[f32], b: &[f32], what: &str) {
     }
 }
 
+/// A golden fixture's directory, `ops/golden/fixtures/<name>`.
+pub fn golden_fixture_dir(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/golden/fixtures").join(name)
+}
+
+/// Every tensor of an f32 safetensors file (fixtures are all f32), by name.
+pub fn read_f32_safetensors(path: &std::path::Path) -> std::collections::BTreeMap<String, worker::tensor::HostTensor> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    file.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}: fixtures are f32");
+            let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            (name, worker::tensor::HostTensor::new(view.shape().to_vec(), data))
+        })
+        .collect()
+}
+
+/// A JSON file of a fixture.
+pub fn read_json(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 /// One golden sequence: `(tokens, targets, weights)`.
 pub type GoldenSeq = (Vec<u32>, Vec<u32>, Vec<f32>);
 
 /// A golden fixture's `case.json` (written by ops/golden/generate.py): its LoRA config and sequences.
 pub fn read_golden_case(dir: &std::path::Path) -> (LoraConfig, Vec<GoldenSeq>) {
     use serde_json::Value;
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
+    let v: Value = read_json(&dir.join("case.json"));
     let l = &v["lora"];
     let flag = |k: &str| l[k].as_bool().unwrap();
     let lora = LoraConfig::new(
