@@ -131,18 +131,13 @@ async fn run_step(inner: &dyn WorkerLink, mut step: Vec<Waiting>) {
         other => {
             let message = format!(
                 "worker answered a {n}-request step with {}; this is a lathe bug, please report it",
-                variant_name(&other)
+                other.kind()
             );
             for reply in replies {
                 let _ = reply.send(FromWorker::Failed { category: ErrorCategory::Server, message: message.clone() });
             }
         }
     }
-}
-
-fn variant_name(reply: &FromWorker) -> String {
-    let text = format!("{reply:?}");
-    text.split(['(', ' ', '{']).next().unwrap_or("?").to_string()
 }
 
 #[cfg(test)]

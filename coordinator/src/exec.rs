@@ -96,9 +96,7 @@ fn server(message: impl Into<String>) -> Outcome {
 
 /// A worker reply that is neither the expected one nor a failure.
 fn unexpected(what: &str, reply: &FromWorker) -> Outcome {
-    let variant = format!("{reply:?}");
-    let name = variant.split(['(', ' ', '{']).next().unwrap_or("?");
-    server(format!("worker answered {name} to {what}; this is a lathe bug, please report it"))
+    server(format!("worker answered {} to {what}; this is a lathe bug, please report it", reply.kind()))
 }
 
 fn failed(reply: FromWorker) -> Outcome {

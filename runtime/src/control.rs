@@ -251,6 +251,23 @@ pub enum FromWorker {
     Each(Vec<FromWorker>),
 }
 
+impl FromWorker {
+    /// The reply's variant name, for messages about a reply that was not the expected one
+    /// (without its payload, which may be large).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FromWorker::Done => "Done",
+            FromWorker::ForwardBackward(_) => "ForwardBackward",
+            FromWorker::Optim { .. } => "Optim",
+            FromWorker::Saved { .. } => "Saved",
+            FromWorker::Sampled(_) => "Sampled",
+            FromWorker::Failed { .. } => "Failed",
+            FromWorker::Memory(_) => "Memory",
+            FromWorker::Each(_) => "Each",
+        }
+    }
+}
+
 /// One training run's share of worker memory. Every value is f32 (4 bytes).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunMemory {

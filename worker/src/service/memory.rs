@@ -213,20 +213,19 @@ impl WorkerService {
         if r.used_bytes.saturating_add(need.total()) <= budget_bytes {
             return Ok(());
         }
-        Err(self.refusal(need, budget_bytes))
+        Err(refusal(need, budget_bytes, &r))
     }
+}
 
-    /// The refusal of `need` against `budget_bytes`, with what is in use now.
-    pub(super) fn refusal(&self, need: Need, budget_bytes: u64) -> ServiceError {
-        let r = self.memory_report();
-        ServiceError::MemoryBudget(BudgetRefusal {
-            need,
-            base_bytes: r.base_bytes,
-            runs_bytes: r.runs_bytes,
-            samplers_bytes: r.samplers_bytes,
-            budget_bytes,
-        })
-    }
+/// The refusal of `need` against `budget_bytes`, with what `r` says is in use.
+pub(super) fn refusal(need: Need, budget_bytes: u64, r: &MemoryReport) -> ServiceError {
+    ServiceError::MemoryBudget(BudgetRefusal {
+        need,
+        base_bytes: r.base_bytes,
+        runs_bytes: r.runs_bytes,
+        samplers_bytes: r.samplers_bytes,
+        budget_bytes,
+    })
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use runtime::control::{FbRequest, FromWorker};
 
 use super::error::ServiceError;
-use super::memory::Need;
+use super::memory::{refusal, Need};
 use super::{convert, WorkerService};
 use crate::loss::LossFn;
 use crate::optim::TrainState;
@@ -96,7 +96,7 @@ impl WorkerService {
         let (passes, too_big) = split_passes(group, free);
         for p in too_big {
             let need = Need::Step { run: p.run.clone(), tokens: p.tokens, bytes: p.step_bytes };
-            replies[p.index] = Some(self.refusal(need, budget).into_reply());
+            replies[p.index] = Some(refusal(need, budget, &report).into_reply());
         }
         passes
     }
