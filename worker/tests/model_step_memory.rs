@@ -1,7 +1,7 @@
 //! `Model::step_bytes_per_token` bounds what a forward_backward really holds: for every family
-//! (MoE included) the bytes a forward saves stay within the bound, and the bound is not so loose
-//! that the memory budget would refuse steps that fit (it is within 2× of the forward's bytes,
-//! backward's scratch being the rest).
+//! (MoE included) its forward share, `forward_bytes_per_token`, is exactly what a forward saves,
+//! and the whole bound is not so loose that the memory budget would refuse steps that fit (it is
+//! within 2× of the forward's bytes, backward's scratch being the rest).
 #![allow(clippy::unwrap_used)]
 
 mod model_common;
@@ -26,6 +26,7 @@ fn the_per_token_step_bound_covers_what_a_forward_saves() {
         let t = batch.num_tokens() as u64;
         let bound = t * m.step_bytes_per_token(lcfg.rank);
         let saved = fwd.saved_bytes();
+        assert_eq!(saved, t * m.forward_bytes_per_token(lcfg.rank, 1), "{name}: forward bytes per token");
         assert!(saved <= bound, "{name}: a forward of {t} tokens saves {saved} bytes, above the bound {bound}");
         assert!(bound <= 2 * saved, "{name}: the bound {bound} is more than twice the forward's {saved} bytes");
     }

@@ -118,23 +118,22 @@ impl Forward {
 }
 
 impl<B: kernels::Backend> super::Model<B> {
-    /// An upper bound on the bytes one token costs a forward_backward while it runs, with an
-    /// adapter of rank `rank` on every site: the activations `forward` saves (`LayerActs`,
-    /// `MoeActs` with its per-assignment expert buffers, `FinalActs`, the logits), and what
-    /// `backward` holds next to them (the logits' gradient, the layer scratch, one expert's
-    /// temporaries). Kept next to the buffers it counts so the two change together; the memory
-    /// budget uses it to refuse or split a step before it runs out of memory.
-    pub fn step_bytes_per_token(&self, rank: usize) -> u64 {
+    /// The bytes a `forward` saves per token, with an adapter of rank `rank` on every site and
+    /// `k` targets per token: `LayerActs`, `MoeActs` with its per-assignment expert buffers,
+    /// `FinalActs`, the logits and logprobs. Exactly what [`Forward::saved_bytes`] reports for such
+    /// a forward (tested); kept next to the buffers it counts so the two change together.
+    pub fn forward_bytes_per_token(&self, rank: usize, k: usize) -> u64 {
         let d = self.dims;
         let c = &self.config;
         let (h, i, v) = (d.hidden, d.intermediate, d.vocab);
         let qk = if c.family.has_qk_norm() { d.q_dim + d.kv_dim + d.heads + d.kv_heads } else { 0 };
-        // usize buffers (expert rows, top-k indices) count as two f32 slots.
+        let usize_slots = std::mem::size_of::<usize>() / std::mem::size_of::<f32>();
         let attn_side = 4 * h + 2 + 2 * d.q_dim + 2 * d.kv_dim + d.heads + qk + 4 * rank;
         let dense_layer = attn_side + 3 * i + 3 * rank;
         let moe_layer = c.moe.as_ref().map_or(0, |m| {
-            let k = m.num_experts_per_tok;
-            attn_side + m.num_experts + 3 * k + k * (2 + 2 * h + 3 * m.moe_intermediate_size + 3 * rank)
+            let top = m.num_experts_per_tok;
+            let per_assignment = usize_slots + 2 * h + 3 * m.moe_intermediate_size + 3 * rank;
+            attn_side + m.num_experts + (usize_slots + 1) * top + top * per_assignment
         });
         let layers: usize = (0..c.num_hidden_layers)
             .map(|l| match &c.moe {
@@ -142,17 +141,30 @@ impl<B: kernels::Backend> super::Model<B> {
                 _ => dense_layer,
             })
             .sum();
+        let head = 2 * h + 2 + rank + v + k; // FinalActs, logits, logprobs
+        ((layers + head) * std::mem::size_of::<f32>()) as u64
+    }
+
+    /// An upper bound on the bytes one token costs a forward_backward while it runs, with an
+    /// adapter of rank `rank` on every site: what the forward saves (at up to 2 targets per token;
+    /// wider `(N, K)` targets add a few floats per token, nothing beside the vocabulary), plus the
+    /// packed batch, the residual stream and its scratch, and what `backward` holds next to them
+    /// (the logits' gradient, the layer scratch, one expert's temporaries). The memory budget uses
+    /// it to refuse or split a step before it runs out of memory.
+    pub fn step_bytes_per_token(&self, rank: usize) -> u64 {
+        let d = self.dims;
+        let (h, i, v) = (d.hidden, d.intermediate, d.vocab);
         let trunk = 2 * h + 3; // residual stream and scratch; tokens, positions, a target
-        let head = 2 * h + 2 + rank + 2 * v; // FinalActs, logits, logprobs
-        let moe_scratch = c.moe.as_ref().map_or(0, |m| 2 * h + 3 * m.moe_intermediate_size + m.num_experts + 2);
+        let moe_scratch =
+            self.config.moe.as_ref().map_or(0, |m| 2 * h + 3 * m.moe_intermediate_size + m.num_experts + 2);
         let backward = v + 3 * h + 3 * i + 3 * d.q_dim + 3 * d.kv_dim + moe_scratch;
-        ((layers + trunk + head + backward) * std::mem::size_of::<f32>()) as u64
+        self.forward_bytes_per_token(rank, 2) + ((trunk + backward) * std::mem::size_of::<f32>()) as u64
     }
 }
 
 impl Forward {
     /// The bytes this forward's saved activations, logits and logprobs hold (usize buffers at
-    /// their real width): what [`super::Model::step_bytes_per_token`] bounds, less backward's share.
+    /// their real width): [`super::Model::forward_bytes_per_token`] per token.
     pub fn saved_bytes(&self) -> u64 {
         let fwd = self;
         let usize_slots = std::mem::size_of::<usize>() / std::mem::size_of::<f32>();
