@@ -29,10 +29,51 @@ pub enum ServeError {
          away to start empty)"
     )]
     Journal { path: PathBuf, line: usize, why: String },
+    #[error("state store: {0}")]
+    Store(crate::store::StoreError),
+    #[error("rebuilding state from the store: {0}")]
+    Restore(CoordinatorError),
+    #[error("the coordinator actor did not start: {0}")]
+    Actor(String),
     #[error("no base models to serve; give at least one --model")]
     NoModels,
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
+}
+
+/// Why the coordinator refused or failed a request: the one error type of its decisions. Each
+/// message says what was wrong and what to do; the HTTP layer maps the kind to a status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CoordinatorError {
+    /// The caller's input is wrong (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such thing for this tenant (404): unknown, someone else's, or expired.
+    #[error("{0}")]
+    NotFound(String),
+    /// The session ended (410): the SDK must start a new one.
+    #[error("{0}")]
+    Gone(String),
+    /// Over a queue limit (429): retry after the given seconds.
+    #[error("{message}")]
+    Busy { message: String, retry_after_s: u64 },
+    /// lathe failed (500).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<CoordinatorError> for ApiError {
+    fn from(e: CoordinatorError) -> ApiError {
+        match e {
+            CoordinatorError::BadRequest(m) => ApiError::bad_request(m),
+            CoordinatorError::NotFound(m) => ApiError::not_found(m),
+            CoordinatorError::Gone(m) => ApiError::gone(m),
+            CoordinatorError::Busy { message, retry_after_s } => {
+                ApiError { status: StatusCode::TOO_MANY_REQUESTS, detail: message, retry_after_s: Some(retry_after_s) }
+            }
+            CoordinatorError::Internal(m) => ApiError::internal(m),
+        }
+    }
 }
 
 /// A synchronous API error: status plus a message saying what was wrong and what to do.
@@ -40,27 +81,29 @@ pub enum ServeError {
 pub struct ApiError {
     pub status: StatusCode,
     pub detail: String,
+    /// Sent as `retry-after` (429): the SDK waits that long before retrying.
+    pub retry_after_s: Option<u64>,
 }
 
 impl ApiError {
     pub fn bad_request(detail: impl Into<String>) -> Self {
-        ApiError { status: StatusCode::BAD_REQUEST, detail: detail.into() }
+        ApiError { status: StatusCode::BAD_REQUEST, detail: detail.into(), retry_after_s: None }
     }
 
     pub fn not_found(detail: impl Into<String>) -> Self {
-        ApiError { status: StatusCode::NOT_FOUND, detail: detail.into() }
+        ApiError { status: StatusCode::NOT_FOUND, detail: detail.into(), retry_after_s: None }
     }
 
     pub fn unauthorized(detail: impl Into<String>) -> Self {
-        ApiError { status: StatusCode::UNAUTHORIZED, detail: detail.into() }
+        ApiError { status: StatusCode::UNAUTHORIZED, detail: detail.into(), retry_after_s: None }
     }
 
     pub fn gone(detail: impl Into<String>) -> Self {
-        ApiError { status: StatusCode::GONE, detail: detail.into() }
+        ApiError { status: StatusCode::GONE, detail: detail.into(), retry_after_s: None }
     }
 
     pub fn internal(detail: impl Into<String>) -> Self {
-        ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, detail: detail.into() }
+        ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, detail: detail.into(), retry_after_s: None }
     }
 }
 
@@ -68,6 +111,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         assert!(self.status.is_client_error() || self.status.is_server_error(), "ApiError carries an error status");
         assert_ne!(self.status, StatusCode::CONFLICT, "409 is retried by the SDK for minutes; use 400");
-        (self.status, axum::Json(serde_json::json!({ "detail": self.detail }))).into_response()
+        let mut response = (self.status, axum::Json(serde_json::json!({ "detail": self.detail }))).into_response();
+        if let Some(s) = self.retry_after_s {
+            if let Ok(v) = axum::http::HeaderValue::from_str(&s.to_string()) {
+                response.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+            }
+        }
+        response
     }
 }

@@ -2,42 +2,40 @@
 //! It never does model math and never links the worker or kernels crates; only the `lathe`
 //! binary (`src/main.rs`, `src/cli/`) composes them.
 //!
-//! Entry point: [`serve`] (binds, then [`serve_on`]). Decisions live in [`core`] (pure);
-//! `state`, `exec`, `store` and `http` are the shell that feeds it and carries out its results.
+//! Entry point: [`serve`] (binds, then [`serve_on`]). Decisions live in [`core`]
+//! (`CoordinatorCore::on_event`, pure); `actor` is the ractor shell that feeds it events and carries
+//! out its commands, `store` the durable state (SQLite), `http` the handlers that parse requests.
 
-mod batching;
+mod actor;
 pub mod core;
 mod error;
-mod exec;
 mod http;
 mod state;
-mod store;
+pub mod store;
 
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use ractor::Actor;
 use runtime::clock::Clock;
 use runtime::control::{BaseModelInfo, WorkerLink};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 
-pub use error::{ApiError, ServeError};
+pub use error::{ApiError, CoordinatorError, ServeError};
 pub use state::Tuning;
 
-use crate::core::catalog::Catalog;
-use crate::core::futures::Futures;
-use crate::core::sessions::Sessions;
+use crate::actor::{CoordinatorActor, ShellArgs};
+use crate::core::engine::{CoordinatorCore, CoreConfig, Generation, IdSource, SeededIds, WorkerId};
 use crate::core::tenants::Tenants;
-use crate::state::{App, Shared};
-use crate::store::{Event, Journal};
+use crate::store::{GroupCommitter, SqliteStore, Store};
 
 /// How `lathe serve` (or a test) runs the coordinator.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
     pub listen: std::net::SocketAddr,
-    /// Holds `state.jsonl`, the URL-signing key and `runs/<run>/<kind>/<name>/` checkpoints.
+    /// Holds `lathe.sqlite` (+ `payloads/`), snapshots, the URL-signing key and `runs/<run>/<kind>/<name>/` checkpoints.
     pub data_dir: PathBuf,
     /// `tml-key tenant` lines; without it any `tml-` key is tenant "local" (loopback only).
     pub api_keys: Option<PathBuf>,
@@ -79,32 +77,6 @@ pub async fn serve_on(
     tuning: Tuning,
 ) -> Result<(), ServeError> {
     let local = listener.local_addr().map_err(ServeError::Serve)?;
-    // Concurrent forward_backward requests of different runs share multi-tenant steps.
-    let link: Arc<dyn WorkerLink> = Arc::new(batching::BatchingLink::spawn(link));
-    let app = Arc::new(build_app(&config, local, models, link, clock, tuning)?);
-    let ticker = {
-        let app = Arc::clone(&app);
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(app.tuning.tick);
-            loop {
-                every.tick().await;
-                exec::tick(&app);
-            }
-        })
-    };
-    let served = axum::serve(listener, http::router(app)).await.map_err(ServeError::Serve);
-    ticker.abort();
-    served
-}
-
-fn build_app(
-    config: &ServeConfig,
-    local: std::net::SocketAddr,
-    models: Vec<BaseModelInfo>,
-    link: Arc<dyn WorkerLink>,
-    clock: Arc<dyn Clock>,
-    tuning: Tuning,
-) -> Result<App, ServeError> {
     if models.is_empty() {
         return Err(ServeError::NoModels);
     }
@@ -119,53 +91,60 @@ fn build_app(
     let data_io = |source| ServeError::DataDir { path: config.data_dir.clone(), source };
     std::fs::create_dir_all(config.data_dir.join("runs")).map_err(data_io)?;
     let url_secret = load_or_create_secret(&config.data_dir.join("url_signing.key"))?;
-    let (journal, events) = Journal::open(&config.data_dir.join("state.jsonl"))?;
-    let now = clock.now_ms();
-    let mut sessions = Sessions::new();
-    let mut catalog = Catalog::new();
-    replay(events, now, &mut sessions, &mut catalog);
-    let shared = Shared {
-        sessions,
-        // Request ids from different coordinator lifetimes never collide.
-        futures: Futures::new(&format!("{now:x}")),
-        catalog,
-        live: Default::default(),
-        samplers: Default::default(),
-        replies: Default::default(),
-        reply_slots: Default::default(),
-        journal,
-    };
-    let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{local}"));
-    Ok(App {
-        tenants,
-        models: models.into_iter().map(|m| (m.name.clone(), m)).collect::<BTreeMap<_, _>>(),
-        link,
-        clock,
+    let models: BTreeMap<String, BaseModelInfo> = models.into_iter().map(|m| (m.name.clone(), m)).collect();
+
+    // State from before (or a migrated state.jsonl), and this lifetime's placement generation.
+    let mut store = SqliteStore::open(&config.data_dir).map_err(ServeError::Store)?;
+    let loaded = store.load().map_err(ServeError::Store)?;
+    let generation = loaded.meta.get("generation").and_then(|g| g.parse::<u64>().ok()).map_or(1, |g| g + 1);
+    store.commit(&[actor::meta_op("generation", generation.to_string())]).map_err(ServeError::Store)?;
+    let core_config = CoreConfig {
+        models: models.clone(),
         data_dir: config.data_dir.clone(),
+        long_poll_ms: tuning.long_poll.as_millis() as u64,
+        tick_ms: tuning.tick.as_millis() as u64,
+        queue_limit: tuning.queue_limit,
+        retry_after_s: tuning.retry_after_s,
+        samplers_resident_max: tuning.samplers_resident_max,
+        sampler_idle_ms: tuning.sampler_idle.as_millis() as u64,
+    };
+    let ids: Box<dyn IdSource> = Box::new(SeededIds(os_seed(&config.data_dir)?));
+    let core = CoordinatorCore::restore(core_config, ids, &loaded, clock.now_ms()).map_err(ServeError::Restore)?;
+    let store = GroupCommitter::spawn(Box::new(store)).map_err(ServeError::Store)?;
+    let args = ShellArgs {
+        core,
+        link,
+        store,
+        clock: Arc::clone(&clock),
+        worker: WorkerId(0),
+        generation: Generation(generation),
+    };
+    let (actor, handle) =
+        Actor::spawn(None, CoordinatorActor, args).await.map_err(|e| ServeError::Actor(e.to_string()))?;
+    let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{local}"));
+    let app = Arc::new(http::Http {
+        tenants,
+        models,
+        clock,
         public_url: public_url.trim_end_matches('/').to_string(),
         url_secret,
         tuning,
-        shared: Mutex::new(shared),
-        completed: Notify::new(),
-    })
+        data_dir: config.data_dir.clone(),
+        actor: actor.clone(),
+    });
+    let served = axum::serve(listener, http::router(app)).await.map_err(ServeError::Serve);
+    actor.stop(None);
+    let _ = handle.await;
+    served
 }
 
-/// Rebuilds sessions and the catalogue from the journal. Sessions come back expired: the
-/// adapters they held in memory are gone with the old process; checkpoints remain.
-fn replay(events: Vec<Event>, now: u64, sessions: &mut Sessions, catalog: &mut Catalog) {
-    for e in events {
-        match e {
-            Event::Session { id, tenant, .. } => sessions.restore(&id, &tenant, now),
-            Event::Run(r) => catalog.add_run(r),
-            Event::Checkpoint(c) => catalog.add_checkpoint(c),
-            Event::CheckpointDeleted { run, kind, name } => {
-                catalog.remove_checkpoint(&core::ids::TinkerPath { run, kind, name });
-            }
-            Event::CheckpointExpiry { run, kind, name, expires_ms } => {
-                catalog.set_expiry(&core::ids::TinkerPath { run, kind, name }, expires_ms);
-            }
-        }
-    }
+/// The seed of the core's id source (run seeds, request id prefixes): injected from the OS here.
+fn os_seed(data_dir: &Path) -> Result<u64, ServeError> {
+    let mut bytes = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|source| ServeError::DataDir { path: data_dir.to_path_buf(), source })?;
+    Ok(u64::from_le_bytes(bytes))
 }
 
 /// The HMAC key of download URLs: 32 bytes from the OS, created once and kept in the data dir

@@ -307,13 +307,17 @@ async fn sessions_expire_after_300_s_and_finished_sessions_refuse_work() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restart_keeps_runs_and_checkpoints_and_expires_old_sessions() {
+async fn a_restart_keeps_sessions_runs_futures_and_checkpoints() {
     let dir = fresh_dir("restart");
     let s = Server::start(dir.clone(), None, T0_MS).await;
     let session = s.session().await;
     let model = s.model(&session, 0).await;
     let r = s.post("/api/v1/save_weights", json!({"model_id": model, "path": "keep", "seq_id": 1})).await.json();
-    let path = s.retrieve(r["request_id"].as_str().unwrap()).await.json()["path"].as_str().unwrap().to_string();
+    let save_id = r["request_id"].as_str().unwrap().to_string();
+    let path = s.retrieve(&save_id).await.json()["path"].as_str().unwrap().to_string();
+    let fb = s.forward_backward(&model, 2, &[(vec![1, 2], vec![2, 3])], false, None).await.json();
+    let fb_id = fb["request_id"].as_str().unwrap().to_string();
+    let before = s.retrieve(&fb_id).await;
     s.stop();
 
     let s = Server::start(dir, None, T0_MS + 10_000).await;
@@ -323,7 +327,18 @@ async fn a_restart_keeps_runs_and_checkpoints_and_expires_old_sessions() {
         s.get(&format!("/api/v1/training_runs/{model}/checkpoints")).await.json()["checkpoints"][0]["tinker_path"],
         path
     );
-    assert_eq!(s.post("/api/v1/session_heartbeat", json!({"session_id": session})).await.status, 410);
+    // The session survived: its heartbeats resume, and its run takes the next seq_id.
+    assert_eq!(s.post("/api/v1/session_heartbeat", json!({"session_id": session})).await.status, 200);
+    assert_eq!(s.retrieve(&save_id).await.json()["path"], path, "a finished future is still retrievable");
+    assert_eq!(s.retrieve(&fb_id).await.body, before.body, "the same result, byte for byte");
+    // The run was rebuilt in worker memory: its create, then the replayed forward_backward (the
+    // save already finished and has no effect on the run's state, so it is not redone).
+    let calls = s.worker.calls();
+    assert!(matches!(&calls[0], ToWorker::CreateRun { run, .. } if *run == model), "{calls:?}");
+    assert!(matches!(&calls[1], ToWorker::ForwardBackward { run, .. } if *run == model), "{calls:?}");
+    assert!(!calls.iter().any(|c| matches!(c, ToWorker::SaveState { .. })), "{calls:?}");
+    let r = s.post("/api/v1/optim_step", json!({"model_id": model, "seq_id": 3, "adam_params": {}})).await.json();
+    assert!(s.retrieve(r["request_id"].as_str().unwrap()).await.json()["metrics"].is_object());
     let fresh = s.session().await;
     assert_ne!(fresh, session, "session ids are not reused after a restart");
     let r = s

@@ -20,6 +20,17 @@ pub struct RunRecord {
     pub created_ms: u64,
     pub last_request_ms: u64,
     pub user_metadata: Option<serde_json::Value>,
+    /// The run's last snapshot (adapter + optimizer state after an optim step): where a restart
+    /// rebuilds it from before replaying the journal rows above `through_seq_id`.
+    #[serde(default)]
+    pub snapshot: Option<SnapshotRef>,
+}
+
+/// Where a run's last snapshot is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotRef {
+    pub through_seq_id: u64,
+    pub dir: std::path::PathBuf,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -58,6 +69,15 @@ impl Catalog {
 
     pub fn run(&self, tenant: &str, id: &str) -> Option<&RunRecord> {
         self.runs.get(id).filter(|r| r.tenant == tenant)
+    }
+
+    /// Every run of every tenant (for recovery).
+    pub fn all_runs(&self) -> impl Iterator<Item = &RunRecord> {
+        self.runs.values()
+    }
+
+    pub fn run_mut(&mut self, id: &str) -> Option<&mut RunRecord> {
+        self.runs.get_mut(id)
     }
 
     /// Whether any tenant has a run with this id (ids are global even though lookups are scoped).
@@ -147,6 +167,7 @@ mod tests {
             created_ms: t,
             last_request_ms: t,
             user_metadata: None,
+            snapshot: None,
         }
     }
 

@@ -7,6 +7,9 @@
 use std::collections::HashMap;
 
 use runtime::control::{ErrorCategory, ForwardBackwardResult, SampleResult};
+use serde::{Deserialize, Serialize};
+
+use crate::store::FutureRow;
 
 /// How long a result stays after its first fetch (the SDK may re-poll after a lost reply).
 pub const RETAIN_AFTER_FETCH_MS: u64 = 10 * 60 * 1000;
@@ -14,7 +17,7 @@ pub const RETAIN_AFTER_FETCH_MS: u64 = 10 * 60 * 1000;
 pub const RETAIN_UNFETCHED_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// A finished request's result, before encoding for the wire.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Outcome {
     /// A JSON result model (CreateModelResponse, OptimStepResponse, SaveWeightsResponse, …).
     Json(serde_json::Value),
@@ -29,6 +32,8 @@ pub enum Outcome {
 #[derive(Debug)]
 struct Entry {
     tenant: String,
+    run: Option<String>,
+    created_ms: u64,
     outcome: Option<Outcome>,
     completed_ms: Option<u64>,
     fetched_ms: Option<u64>,
@@ -65,6 +70,66 @@ impl Futures {
         self.by_key.get(&(tenant.to_string(), key.to_string())).cloned()
     }
 
+    /// Creates a pending request of `run` (if it is a run's) at `now_ms` and returns its id.
+    pub fn create_at(&mut self, tenant: &str, run: Option<&str>, now_ms: u64) -> String {
+        let id = self.create(tenant, None);
+        if let Some(e) = self.entries.get_mut(&id) {
+            e.run = run.map(str::to_string);
+            e.created_ms = now_ms;
+        }
+        id
+    }
+
+    /// The durable form of a request's state.
+    pub fn row(&self, request_id: &str) -> Option<FutureRow> {
+        let e = self.entries.get(request_id)?;
+        Some(FutureRow {
+            request_id: request_id.to_string(),
+            tenant: e.tenant.clone(),
+            run: e.run.clone(),
+            created_ms: e.created_ms,
+            idempotency_key: e.idempotency_key.clone(),
+            outcome_json: e.outcome.as_ref().and_then(|o| serde_json::to_string(o).ok()),
+            completed_ms: e.completed_ms,
+            fetched_ms: e.fetched_ms,
+        })
+    }
+
+    /// Re-adds a request recorded before a restart. Ids of this prefix are never reissued.
+    pub fn restore(&mut self, row: &FutureRow) -> Result<(), serde_json::Error> {
+        let outcome = match &row.outcome_json {
+            Some(text) => Some(serde_json::from_str::<Outcome>(text)?),
+            None => None,
+        };
+        let entry = Entry {
+            tenant: row.tenant.clone(),
+            run: row.run.clone(),
+            created_ms: row.created_ms,
+            outcome,
+            completed_ms: row.completed_ms,
+            fetched_ms: row.fetched_ms,
+            idempotency_key: row.idempotency_key.clone(),
+        };
+        if let Some(key) = &row.idempotency_key {
+            self.by_key.insert((row.tenant.clone(), key.clone()), row.request_id.clone());
+        }
+        self.entries.insert(row.request_id.clone(), entry);
+        Ok(())
+    }
+
+    /// Ids of requests without a result yet, in id order.
+    pub fn pending_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> =
+            self.entries.iter().filter(|(_, e)| e.outcome.is_none()).map(|(id, _)| id.clone()).collect();
+        ids.sort();
+        ids
+    }
+
+    /// Whether a request has a result.
+    pub fn is_done(&self, request_id: &str) -> bool {
+        self.entries.get(request_id).is_some_and(|e| e.outcome.is_some())
+    }
+
     /// Creates a pending request and returns its id.
     pub fn create(&mut self, tenant: &str, idempotency_key: Option<&str>) -> String {
         let id = format!("req-{}-{}", self.id_prefix, self.next);
@@ -75,6 +140,8 @@ impl Futures {
         }
         let entry = Entry {
             tenant: tenant.to_string(),
+            run: None,
+            created_ms: 0,
             outcome: None,
             completed_ms: None,
             fetched_ms: None,
@@ -85,13 +152,25 @@ impl Futures {
     }
 
     /// Records a request's result; later completions of the same id are ignored (first wins).
-    pub fn complete(&mut self, request_id: &str, outcome: Outcome, now_ms: u64) {
-        if let Some(entry) = self.entries.get_mut(request_id) {
-            if entry.outcome.is_none() {
+    /// True when this call recorded it.
+    pub fn complete(&mut self, request_id: &str, outcome: Outcome, now_ms: u64) -> bool {
+        match self.entries.get_mut(request_id) {
+            Some(entry) if entry.outcome.is_none() => {
                 entry.outcome = Some(outcome);
                 entry.completed_ms = Some(now_ms);
+                true
             }
+            _ => false,
         }
+    }
+
+    /// Like [`Futures::poll`] for a caller that already checked the tenant (a waiting long poll).
+    pub fn poll_any(&mut self, request_id: &str, now_ms: u64) -> Poll {
+        let tenant = match self.entries.get(request_id) {
+            Some(e) => e.tenant.clone(),
+            None => return Poll::Unknown,
+        };
+        self.poll(&tenant, request_id, now_ms)
     }
 
     /// Looks a request up for `tenant`; a ready result is marked fetched.

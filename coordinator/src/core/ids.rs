@@ -51,6 +51,8 @@ pub enum IdError {
     BadName(String),
     #[error("run id {0:?} is invalid")]
     BadRunId(String),
+    #[error("{kind} {id:?} is invalid (1 to 128 printable characters, no spaces or '/')")]
+    BadId { kind: &'static str, id: String },
     #[error(
         "{0:?} is not a tinker path; expected tinker://<run id>/<weights|sampler_weights|external_weights>/<name>"
     )]
@@ -115,6 +117,111 @@ impl fmt::Display for TinkerPath {
     }
 }
 
+/// A typed id: a validated string that cannot be confused with another kind of id. Each has one
+/// constructor that checks it ([`TenantId::new`] and so on) and is rendered as the bare string.
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident, $check:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// Checks `s` and wraps it.
+            pub fn new(s: impl Into<String>) -> Result<Self, IdError> {
+                let s = s.into();
+                let check: fn(&str) -> bool = $check;
+                if check(&s) {
+                    Ok($name(s))
+                } else {
+                    Err(IdError::BadId { kind: stringify!($name), id: s })
+                }
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(s: String) -> Result<Self, IdError> {
+                $name::new(s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+/// Printable ASCII without spaces, bounded: what every id that came from a client must be.
+fn plain_token(s: &str) -> bool {
+    !s.is_empty() && s.len() <= NAME_LEN_MAX && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+fn run_id_ok(s: &str) -> bool {
+    validate_run_id(s).is_ok()
+}
+
+fn name_ok(s: &str) -> bool {
+    validate_name(s).is_ok()
+}
+
+string_id!(
+    /// Who owns a resource (from the API keys file, or `local` in open mode).
+    TenantId,
+    plain_token
+);
+string_id!(
+    /// A client session (`sess-<n>`).
+    SessionId,
+    run_id_ok
+);
+string_id!(
+    /// A training run (`<session>:train:<n>`); safe as one directory name.
+    RunId,
+    run_id_ok
+);
+string_id!(
+    /// A sampler (`<session>:sample:<n>`); safe as one directory name.
+    SamplerId,
+    run_id_ok
+);
+string_id!(
+    /// An asynchronous request's future (`req-<prefix>-<n>`).
+    RequestId,
+    plain_token
+);
+string_id!(
+    /// A checkpoint's user-chosen name; safe as one directory name.
+    CheckpointName,
+    name_ok
+);
+
+impl RunId {
+    /// The run `model_seq_id` of a session: `<session>:train:<n>`.
+    pub fn of_session(session: &SessionId, model_seq_id: u64) -> RunId {
+        RunId(format!("{session}:train:{model_seq_id}"))
+    }
+}
+
+impl SamplerId {
+    /// The sampler `n` of a session: `<session>:sample:<n>`.
+    pub fn of_session(session: &SessionId, n: &str) -> Result<SamplerId, IdError> {
+        SamplerId::new(format!("{session}:sample:{n}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,6 +255,19 @@ mod tests {
         for bad in ["", ".", "..", ".hidden", "a/b", "a\\b", "a b", &"x".repeat(NAME_LEN_MAX + 1)] {
             assert!(validate_name(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn typed_ids_validate_once_and_round_trip_through_serde() {
+        let run = RunId::new("sess-1:train:0").unwrap();
+        assert_eq!(run.as_str(), "sess-1:train:0");
+        assert_eq!(serde_json::to_string(&run).unwrap(), "\"sess-1:train:0\"");
+        assert_eq!(serde_json::from_str::<RunId>("\"sess-1:train:0\"").unwrap(), run);
+        assert!(serde_json::from_str::<RunId>("\"../x\"").is_err());
+        assert!(RunId::new("a/b").is_err() && TenantId::new("a b").is_err() && CheckpointName::new("..").is_err());
+        let session = SessionId::new("sess-4").unwrap();
+        assert_eq!(RunId::of_session(&session, 2).as_str(), "sess-4:train:2");
+        assert_eq!(SamplerId::of_session(&session, "7").unwrap().as_str(), "sess-4:sample:7");
     }
 
     #[test]

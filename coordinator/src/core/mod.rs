@@ -2,12 +2,19 @@
 //! sessions and their expiry, the checkpoint catalogue, tenants, URL signing, id and sampling
 //! validation). Time is always an argument; nothing here reads a clock, a socket or a file.
 
+pub mod api;
 pub mod catalog;
+pub mod engine;
+mod front;
 pub mod futures;
 pub mod ids;
+pub mod jobs;
+mod restore;
+mod samplers;
 pub mod sampling;
 pub mod sequencer;
 pub mod sessions;
 pub mod signing;
 pub mod tenants;
 pub mod time;
+mod views;

@@ -13,7 +13,7 @@ pub const NUM_SAMPLES_MAX: usize = 128;
 pub const TOPK_MAX: usize = 64;
 
 /// The JSON body of `POST /api/v1/asample`.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct SampleRequestJson {
     pub num_samples: Option<usize>,
     pub prompt: ModelInputJson,
@@ -32,12 +32,12 @@ pub struct SampleRequestJson {
     pub record_stability_info: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct ModelInputJson {
     pub chunks: Vec<Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct SamplingParamsJson {
     pub max_tokens: Option<i64>,
     pub seed: Option<Value>,

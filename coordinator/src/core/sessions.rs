@@ -21,6 +21,7 @@ pub enum SessionState {
 #[derive(Debug)]
 struct Session {
     tenant: String,
+    created_ms: u64,
     last_heartbeat_ms: u64,
     state: SessionState,
     runs: Vec<String>,
@@ -71,9 +72,32 @@ impl Sessions {
         self.insert(id, tenant, now_ms, SessionState::Expired);
     }
 
+    /// Re-adds a session recorded before a restart in the state it had. An active one gets a full
+    /// expiry period from `now_ms`: its client's heartbeats resume once the server answers.
+    pub fn restore_as(&mut self, id: &str, tenant: &str, created_ms: u64, state: SessionState, now_ms: u64) {
+        if let Some(n) = id.strip_prefix("sess-").and_then(|n| n.parse::<u64>().ok()) {
+            self.next = self.next.max(n + 1);
+        }
+        self.insert(id, tenant, now_ms, state);
+        if let Some(s) = self.by_id.get_mut(id) {
+            s.created_ms = created_ms;
+        }
+    }
+
+    /// (tenant, created_ms, state) of a session, for persisting it.
+    pub fn describe(&self, id: &str) -> Option<(String, u64, SessionState)> {
+        self.by_id.get(id).map(|s| (s.tenant.clone(), s.created_ms, s.state))
+    }
+
     fn insert(&mut self, id: &str, tenant: &str, now_ms: u64, state: SessionState) {
-        let session =
-            Session { tenant: tenant.to_string(), last_heartbeat_ms: now_ms, state, runs: vec![], samplers: vec![] };
+        let session = Session {
+            tenant: tenant.to_string(),
+            created_ms: now_ms,
+            last_heartbeat_ms: now_ms,
+            state,
+            runs: vec![],
+            samplers: vec![],
+        };
         let previous = self.by_id.insert(id.to_string(), session);
         assert!(previous.is_none(), "session id {id} allocated twice");
     }

@@ -9,12 +9,9 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{parse_json, Tenant};
-use crate::core::sessions::SessionRefusal;
+use super::{parse_json, Http, Tenant};
+use crate::core::api::ApiRequest;
 use crate::error::ApiError;
-use crate::exec;
-use crate::state::App;
-use crate::store::Event;
 
 /// The flags of tinker-protocol.md §1.6.
 pub async fn client_config() -> Json<Value> {
@@ -38,7 +35,7 @@ pub async fn telemetry() -> Json<Value> {
     Json(json!({"status": "accepted"}))
 }
 
-pub async fn capabilities(State(app): State<Arc<App>>) -> Json<Value> {
+pub async fn capabilities(State(app): State<Arc<Http>>) -> Json<Value> {
     let models: Vec<Value> = app
         .models
         .values()
@@ -51,24 +48,10 @@ pub async fn capabilities(State(app): State<Arc<App>>) -> Json<Value> {
 }
 
 pub async fn create_session(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Http>>,
     Extension(Tenant(tenant)): Extension<Tenant>,
 ) -> Result<Json<Value>, ApiError> {
-    let now = app.now_ms();
-    let mut shared = app.lock();
-    let id = shared.sessions.create(&tenant, now);
-    shared.record(&Event::Session { id: id.clone(), tenant, created_ms: now }).map_err(ApiError::internal)?;
-    Ok(Json(json!({ "session_id": id })))
-}
-
-/// Maps a refused session to its HTTP answer.
-pub fn session_error(id: &str, refusal: SessionRefusal) -> ApiError {
-    match refusal {
-        SessionRefusal::Unknown => ApiError::not_found(format!("session {id} not found")),
-        SessionRefusal::Gone(state) => {
-            ApiError::gone(format!("session {id} is {state:?}; create a new ServiceClient to continue"))
-        }
-    }
+    app.ask_json(&tenant, ApiRequest::CreateSession).await
 }
 
 #[derive(Deserialize)]
@@ -77,22 +60,18 @@ struct HeartbeatRequest {
 }
 
 pub async fn heartbeat(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Http>>,
     Extension(Tenant(tenant)): Extension<Tenant>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let req: HeartbeatRequest = parse_json(&body, "session_heartbeat")?;
-    let now = app.now_ms();
-    app.lock().sessions.heartbeat(&tenant, &req.session_id, now).map_err(|r| session_error(&req.session_id, r))?;
-    Ok(Json(json!({})))
+    app.ask_json(&tenant, ApiRequest::Heartbeat { session: req.session_id }).await
 }
 
 pub async fn finish(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Http>>,
     Extension(Tenant(tenant)): Extension<Tenant>,
     Path(session_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let ended = app.lock().sessions.finish(&tenant, &session_id).map_err(|r| session_error(&session_id, r))?;
-    exec::end_session(&app, &ended.runs, &ended.samplers);
-    Ok(Json(json!({})))
+    app.ask_json(&tenant, ApiRequest::FinishSession { session: session_id }).await
 }

@@ -1,7 +1,7 @@
 //! The Tinker HTTP API (tinker-protocol.md §2) and lathe's own `/lathe/v1` endpoints: the router,
-//! authentication (X-API-Key → tenant, put into request extensions), and the small helpers every
-//! handler shares. Handlers live in one file per area; they validate, update the shared state and
-//! hand work to executors.
+//! authentication (X-API-Key → tenant, put into request extensions), and the helpers every handler
+//! shares. Handlers only parse: each turns its request into an [`ApiRequest`], asks the
+//! coordinator actor, and renders the answer. No decision is taken here.
 
 mod bootstrap;
 mod files;
@@ -11,6 +11,8 @@ mod retrieve;
 mod sampling;
 mod training;
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -19,18 +21,54 @@ use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use axum::Router;
+use axum::{Json, Router};
+use ractor::ActorRef;
+use runtime::clock::Clock;
+use runtime::control::BaseModelInfo;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
+use crate::actor::{ask, CoordinatorMsg};
+use crate::core::api::{Answer, ApiRequest};
+use crate::core::ids::TenantId;
+use crate::core::tenants::Tenants;
 use crate::error::ApiError;
-use crate::state::App;
+use crate::state::Tuning;
+
+/// What handlers share: the fixed facts of this server and the coordinator actor.
+pub struct Http {
+    pub tenants: Tenants,
+    pub models: BTreeMap<String, BaseModelInfo>,
+    pub clock: Arc<dyn Clock>,
+    /// Base of download URLs (`http://host:port`, no trailing slash).
+    pub public_url: String,
+    pub url_secret: Vec<u8>,
+    pub tuning: Tuning,
+    pub data_dir: PathBuf,
+    pub actor: ActorRef<CoordinatorMsg>,
+}
+
+impl Http {
+    /// Asks the core and maps its error to HTTP.
+    pub async fn ask(&self, tenant: &TenantId, request: ApiRequest) -> Result<Answer, ApiError> {
+        ask(&self.actor, tenant.clone(), request).await.map_err(ApiError::from)
+    }
+
+    /// Asks the core for a JSON answer.
+    pub async fn ask_json(&self, tenant: &TenantId, request: ApiRequest) -> Result<Json<Value>, ApiError> {
+        match self.ask(tenant, request).await? {
+            Answer::Json(v) => Ok(Json(v)),
+            other => Err(ApiError::internal(format!("the coordinator answered {other:?}; a lathe bug"))),
+        }
+    }
+}
 
 /// The caller's tenant, set by the auth layer.
 #[derive(Clone, Debug)]
-pub struct Tenant(pub String);
+pub struct Tenant(pub TenantId);
 
 /// Builds the whole API.
-pub fn router(app: Arc<App>) -> Router {
+pub fn router(app: Arc<Http>) -> Router {
     let body_limit = app.tuning.body_bytes_max;
     let v1 = Router::new()
         .route("/client/config", post(bootstrap::client_config))
@@ -80,12 +118,15 @@ async fn not_found(req: Request) -> ApiError {
     ApiError::not_found(format!("no such endpoint: {} {}", req.method(), req.uri().path()))
 }
 
-async fn authenticate(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
+async fn authenticate(State(app): State<Arc<Http>>, mut req: Request, next: Next) -> Response {
     let key = req.headers().get("x-api-key").and_then(|v| v.to_str().ok());
-    match app.tenants.tenant_of(key) {
-        Ok(tenant) => {
+    match app.tenants.tenant_of(key).map(TenantId::new) {
+        Ok(Ok(tenant)) => {
             req.extensions_mut().insert(Tenant(tenant));
             next.run(req).await
+        }
+        Ok(Err(e)) => {
+            ApiError::unauthorized(format!("the tenant of this API key is not a valid id: {e}")).into_response()
         }
         Err(e) => ApiError::unauthorized(e.to_string()).into_response(),
     }
@@ -99,9 +140,4 @@ pub fn parse_json<T: DeserializeOwned>(body: &Bytes, what: &str) -> Result<T, Ap
 /// The `X-Idempotency-Key` header, when sent.
 pub fn idempotency_key(headers: &HeaderMap) -> Option<String> {
     headers.get("x-idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string)
-}
-
-/// The reply-cache key of an idempotency key.
-pub fn idem_slot(tenant: &str, key: &str) -> String {
-    format!("idem:{tenant}:{key}")
 }

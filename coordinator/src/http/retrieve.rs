@@ -1,7 +1,7 @@
-//! `POST /api/v1/retrieve_future`: the long poll. A pending request is held until it completes
-//! or `Tuning::long_poll` passes (then `try_again`, which the SDK re-polls at once). Results of
-//! forward(_backward) and sampling go out as protobuf, the rest as JSON; a failed request is
-//! HTTP 200 `{"error", "category"}` (tinker-protocol.md §3.2-3.3).
+//! `POST /api/v1/retrieve_future`: the long poll. The core holds a pending request until it
+//! completes or the long poll passes (then `try_again` with the truthful `queue_state`, which the
+//! SDK re-polls at once). Results of forward(_backward) and sampling go out as protobuf, the rest
+//! as JSON; a failed request is HTTP 200 `{"error", "category"}` (tinker-protocol.md §3.2-3.3).
 
 use std::sync::Arc;
 
@@ -15,10 +15,10 @@ use runtime::wire::{encode_forward_backward_output, encode_sample_response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{parse_json, Tenant};
-use crate::core::futures::{Outcome, Poll};
+use super::{parse_json, Http, Tenant};
+use crate::core::api::{Answer, ApiRequest};
+use crate::core::futures::Outcome;
 use crate::error::ApiError;
-use crate::state::App;
 
 #[derive(Deserialize)]
 struct RetrieveRequest {
@@ -43,31 +43,17 @@ fn respond(outcome: Outcome) -> Response {
 }
 
 pub async fn retrieve_future(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Http>>,
     Extension(Tenant(tenant)): Extension<Tenant>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req: RetrieveRequest = parse_json(&body, "retrieve_future")?;
-    let deadline = tokio::time::Instant::now() + app.tuning.long_poll;
-    loop {
-        // Register for wake-ups before looking, so a completion in between is not missed.
-        let notified = app.completed.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let now = app.now_ms();
-        match app.lock().futures.poll(&tenant, &req.request_id, now) {
-            Poll::Ready(outcome) => return Ok(respond(outcome)),
-            Poll::Unknown => {
-                return Err(ApiError::not_found(format!(
-                    "request {} not found (unknown, someone else's, or its result expired)",
-                    req.request_id
-                )))
-            }
-            Poll::Pending => {}
+    match app.ask(&tenant, ApiRequest::RetrieveFuture { request_id: req.request_id }).await? {
+        Answer::Outcome(o) => Ok(respond(o)),
+        Answer::TryAgain { request_id, queue_state } => {
+            Ok(Json(json!({"type": "try_again", "request_id": request_id.as_str(), "queue_state": queue_state.wire()}))
+                .into_response())
         }
-        if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            let body = json!({"type": "try_again", "request_id": req.request_id, "queue_state": "active"});
-            return Ok(Json(body).into_response());
-        }
+        other => Err(ApiError::internal(format!("the coordinator answered {other:?} to a poll; a lathe bug"))),
     }
 }

@@ -168,6 +168,7 @@ impl Server {
             tick: Duration::from_millis(20),
             download_url_ttl_ms: 600_000,
             body_bytes_max: 1 << 20,
+            ..Tuning::standard()
         };
         let link: Arc<dyn WorkerLink> = Arc::new(Link(Arc::clone(&worker)));
         let clock_dyn: Arc<dyn runtime::clock::Clock> = clock.clone();

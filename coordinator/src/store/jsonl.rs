@@ -2,8 +2,10 @@
 //! (`<data>/state.jsonl`): sessions, training runs, checkpoints, checkpoint deletions and TTL
 //! changes. Every append is fsynced before the caller acknowledges the change; on start the file
 //! is replayed in order. A torn last line (a crash mid-append) is ignored; any other bad line is
-//! an error. Chosen over SQLite for now to keep the build light; the events are the same ones a
-//! database would hold.
+//! an error.
+//!
+//! This is the store of the coordinator before SQLite ([`super::SqliteStore`]); it stays while the
+//! shell still writes it, and afterwards as the reader that imports an old data directory.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;

@@ -1,0 +1,210 @@
+//! The `Coordinator` actor (ractor): the thin shell around [`CoordinatorCore`]. It owns the core and
+//! its collaborators — the worker link, the store (behind a group committer on its own thread)
+//! and the clock — feeds the core one event at a time and carries out the commands it returns, in
+//! order. Everything slow happens elsewhere: worker calls and timers are tokio tasks that post
+//! their result back as an event; store commits run on the committer's thread and post `Stored`.
+//!
+//! Supervision: a panic inside the core is caught, logged with the ids involved, and the request
+//! that caused it fails with category `server`; a panic in a worker-call task is reported back as
+//! `Event::Panicked` for that call, so its futures fail instead of hanging. The service goes on.
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use runtime::clock::Clock;
+use runtime::control::WorkerLink;
+use tokio::sync::oneshot;
+
+use crate::core::api::{ApiRequest, Reply, ReplyTo};
+use crate::core::engine::{Command, CoordinatorCore, Event, Generation, WorkerId};
+use crate::core::ids::TenantId;
+use crate::error::CoordinatorError;
+use crate::store::{GroupCommitter, StoreOp};
+
+/// Messages of the coordinator actor.
+pub enum CoordinatorMsg {
+    /// An API request from an HTTP handler, with where its answer goes.
+    Api { tenant: TenantId, request: Box<ApiRequest>, reply: oneshot::Sender<Reply> },
+    /// A worker reply, timer, store result or failure report from one of the shell's tasks.
+    Event(Event),
+}
+
+pub struct CoordinatorActor;
+
+/// What the actor starts from.
+pub struct ShellArgs {
+    pub core: CoordinatorCore,
+    pub link: Arc<dyn WorkerLink>,
+    pub store: GroupCommitter,
+    pub clock: Arc<dyn Clock>,
+    /// The in-process worker and the placement generation of this coordinator lifetime.
+    pub worker: WorkerId,
+    pub generation: Generation,
+}
+
+pub struct Shell {
+    core: CoordinatorCore,
+    link: Arc<dyn WorkerLink>,
+    store: GroupCommitter,
+    clock: Arc<dyn Clock>,
+    waiting: HashMap<ReplyTo, oneshot::Sender<Reply>>,
+    next_reply: u64,
+}
+
+impl Actor for CoordinatorActor {
+    type Msg = CoordinatorMsg;
+    type State = Shell;
+    type Arguments = ShellArgs;
+
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: ShellArgs) -> Result<Shell, ActorProcessingErr> {
+        let mut shell = Shell {
+            core: args.core,
+            link: args.link,
+            store: args.store,
+            clock: args.clock,
+            waiting: HashMap::new(),
+            next_reply: 1,
+        };
+        let joined = Event::WorkerJoined { worker: args.worker, generation: args.generation };
+        shell.feed(&myself, joined, None);
+        Ok(shell)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        shell: &mut Shell,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            CoordinatorMsg::Api { tenant, request, reply } => {
+                let to = ReplyTo(shell.next_reply);
+                shell.next_reply += 1;
+                shell.waiting.insert(to, reply);
+                tracing::debug!(tenant = %tenant, request = ?request_kind(&request), reply_to = to.0, "api request");
+                shell.feed(&myself, Event::Api { reply: to, tenant, request: *request }, Some(to));
+            }
+            CoordinatorMsg::Event(event) => shell.feed(&myself, event, None),
+        }
+        Ok(())
+    }
+}
+
+fn body_kind(b: &runtime::control::ToWorker) -> String {
+    let text = format!("{b:?}");
+    text.split([' ', '{', '(']).next().unwrap_or("").to_string()
+}
+
+/// A short name of a request for log lines (the full body may hold megabytes of tokens).
+fn request_kind(r: &ApiRequest) -> String {
+    let text = format!("{r:?}");
+    text.split([' ', '{', '(']).next().unwrap_or("").to_string()
+}
+
+impl Shell {
+    /// Runs one event through the core (catching a panic) and executes its commands.
+    fn feed(&mut self, myself: &ActorRef<CoordinatorMsg>, event: Event, reply: Option<ReplyTo>) {
+        let now = self.clock.now_ms();
+        let what = format!("{:.200}", format!("{event:?}"));
+        let core = &mut self.core;
+        let commands = match catch_unwind(AssertUnwindSafe(|| core.on_event(now, event))) {
+            Ok(commands) => commands,
+            Err(payload) => {
+                let why = panic_text(payload.as_ref());
+                tracing::error!(event = %what, panic = %why, "the coordinator core panicked; the request fails as a server error");
+                let failed = Event::Panicked { reply, call: None, what: why };
+                self.core.on_event(now, failed)
+            }
+        };
+        for c in commands {
+            self.execute(myself, c);
+        }
+    }
+
+    fn execute(&mut self, myself: &ActorRef<CoordinatorMsg>, command: Command) {
+        match command {
+            Command::Reply { to, reply } => {
+                if let Err(e) = &reply {
+                    tracing::debug!(reply_to = to.0, error = %e, "api error");
+                }
+                if let Some(tx) = self.waiting.remove(&to) {
+                    // The client may have disconnected; nothing to do then.
+                    let _ = tx.send(reply);
+                }
+            }
+            Command::Send { call, worker, envelope } => {
+                let generation = Generation(envelope.generation);
+                tracing::debug!(call = call.0, worker = worker.0, generation = generation.0, body = %body_kind(&envelope.body), "to worker");
+                let task = self.link.call(envelope);
+                let me = myself.clone();
+                let handle = tokio::spawn(task);
+                tokio::spawn(async move {
+                    let event = match handle.await {
+                        Ok(reply) => Event::WorkerReplied { call, generation, reply },
+                        Err(e) => {
+                            tracing::error!(call = call.0, worker = worker.0, error = %e, "a worker call task failed");
+                            Event::Panicked { reply: None, call: Some(call), what: e.to_string() }
+                        }
+                    };
+                    let _ = me.send_message(CoordinatorMsg::Event(event));
+                });
+            }
+            Command::Persist { ticket, ops } => {
+                let me = myself.clone();
+                self.store.submit(
+                    ops,
+                    Box::new(move |result| {
+                        if let Err(e) = &result {
+                            tracing::error!(ticket = ticket.0, error = %e, "store commit failed");
+                        }
+                        let result = result.map_err(|e| e.to_string());
+                        let _ = me.send_message(CoordinatorMsg::Event(Event::Stored { ticket, result }));
+                    }),
+                );
+            }
+            Command::ArmTimer { at_ms, timer } => {
+                let delay = Duration::from_millis(at_ms.saturating_sub(self.clock.now_ms()));
+                let me = myself.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = me.send_message(CoordinatorMsg::Event(Event::Timer(timer)));
+                });
+            }
+            Command::RemoveDir { dir } => match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "could not remove a directory"),
+            },
+        }
+    }
+}
+
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_string())
+}
+
+/// Sends a request to the actor and waits for the core's answer.
+pub async fn ask(actor: &ActorRef<CoordinatorMsg>, tenant: TenantId, request: ApiRequest) -> Reply {
+    let (tx, rx) = oneshot::channel();
+    let msg = CoordinatorMsg::Api { tenant, request: Box::new(request), reply: tx };
+    if actor.send_message(msg).is_err() {
+        return Err(CoordinatorError::Internal("the coordinator has stopped; restart `lathe serve`".into()));
+    }
+    rx.await.unwrap_or_else(|_| {
+        Err(CoordinatorError::Internal(
+            "the coordinator dropped this request; this is a lathe bug, please report it".into(),
+        ))
+    })
+}
+
+/// Durable ops at start (before the actor runs), e.g. the new placement generation.
+pub fn meta_op(key: &str, value: String) -> StoreOp {
+    StoreOp::PutMeta { key: key.to_string(), value }
+}
