@@ -52,6 +52,7 @@ pub struct Shell {
     clock: Arc<dyn Clock>,
     waiting: HashMap<ReplyTo, oneshot::Sender<Reply>>,
     next_reply: u64,
+    generation: u64,
 }
 
 impl Actor for CoordinatorActor {
@@ -67,6 +68,7 @@ impl Actor for CoordinatorActor {
             clock: args.clock,
             waiting: HashMap::new(),
             next_reply: 1,
+            generation: args.generation.0,
         };
         let joined = Event::WorkerJoined { worker: args.worker, generation: args.generation };
         shell.feed(&myself, joined, None);
@@ -84,7 +86,19 @@ impl Actor for CoordinatorActor {
                 let to = ReplyTo(shell.next_reply);
                 shell.next_reply += 1;
                 shell.waiting.insert(to, reply);
-                tracing::debug!(tenant = %tenant, request = ?request_kind(&request), reply_to = to.0, "api request");
+                let (session, run, sampler, request_id) = request.named_ids();
+                let generation = shell.generation;
+                tracing::info!(
+                    tenant = %tenant,
+                    request = %request_kind(&request),
+                    session = session.unwrap_or(""),
+                    run = run.unwrap_or(""),
+                    sampler = sampler.unwrap_or(""),
+                    request_id = request_id.unwrap_or(""),
+                    generation,
+                    reply_to = to.0,
+                    "api request"
+                );
                 shell.feed(&myself, Event::Api { reply: to, tenant, request: *request }, Some(to));
             }
             CoordinatorMsg::Event(event) => shell.feed(&myself, event, None),
@@ -127,8 +141,14 @@ impl Shell {
     fn execute(&mut self, myself: &ActorRef<CoordinatorMsg>, command: Command) {
         match command {
             Command::Reply { to, reply } => {
-                if let Err(e) = &reply {
-                    tracing::debug!(reply_to = to.0, error = %e, "api error");
+                match &reply {
+                    Err(e) => tracing::info!(reply_to = to.0, error = %e, "api error"),
+                    Ok(crate::core::api::Answer::Json(v)) => {
+                        let request_id = v.get("request_id").and_then(|r| r.as_str()).unwrap_or("");
+                        let run = v.get("model_id").and_then(|r| r.as_str()).unwrap_or("");
+                        tracing::debug!(reply_to = to.0, request_id, run, "api reply");
+                    }
+                    Ok(_) => tracing::debug!(reply_to = to.0, "api reply"),
                 }
                 if let Some(tx) = self.waiting.remove(&to) {
                     // The client may have disconnected; nothing to do then.

@@ -51,9 +51,32 @@ pub struct ServeArgs {
     /// Default: 90% of MemTotal in /proc/meminfo (no budget where that cannot be read).
     #[arg(long)]
     pub memory_bytes_max: Option<u64>,
+    /// Log lines as human-readable text or as one JSON object per line (for log shippers). Every
+    /// line names the ids involved: tenant, session, run, sampler, request, generation.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Least severe log level shown: error, warn, info, debug or trace.
+    #[arg(long, default_value = "info")]
+    pub log_level: tracing::Level,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the process's log subscriber (stderr). A second install (tests) is ignored.
+fn init_logs(format: LogFormat, level: tracing::Level) {
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(level).with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }
 
 pub fn run(args: &ServeArgs) -> Result<()> {
+    init_logs(args.log_format, args.log_level);
     check_exposure(args.listen, args.api_keys.is_some())?;
     if let Some(keys) = &args.api_keys {
         if !keys.is_file() {

@@ -16,5 +16,7 @@ pub mod sequencer;
 pub mod sessions;
 pub mod signing;
 pub mod tenants;
+#[cfg(test)]
+mod tests;
 pub mod time;
 mod views;

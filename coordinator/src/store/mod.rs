@@ -32,8 +32,9 @@ pub trait Store: Send + 'static {
     /// Everything committed so far.
     fn load(&mut self) -> Result<Loaded, StoreError>;
 
-    /// Applies `ops` in order, atomically (either all of them or none) and durably: when this
-    /// returns `Ok` the batch survives a crash or power loss.
+    /// Applies `ops` in order, atomically and durably: when this returns `Ok` the batch survives
+    /// a crash or power loss; when it returns `Err` nothing of it was applied (which is what lets
+    /// [`GroupCommitter`] retry the batches of a failed group one by one).
     fn commit(&mut self, ops: &[StoreOp]) -> Result<(), StoreError>;
 }
 

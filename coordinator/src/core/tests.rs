@@ -1,0 +1,580 @@
+//! Event-script tests of the core (TigerBeetle style): events at given times in, the exact
+//! commands out. No socket, no file, no clock: the script plays the worker and the store.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use runtime::control::{
+    BaseModelInfo, Datum, DatumOutput, ErrorCategory, ForwardBackwardResult, FromWorker, Tensor, TensorValues, ToWorker,
+};
+use serde_json::{json, Value};
+
+use super::api::{Answer, ApiRequest, LoraRequest, QueueState, ReplyTo, SaveRequest, SequencedBody};
+use super::engine::{
+    CallId, Command, CoordinatorCore, CoreConfig, Event, Generation, SeededIds, Ticket, Timer, WorkerId,
+};
+use super::futures::Outcome;
+use super::ids::TenantId;
+use super::sessions::SESSION_EXPIRY_MS;
+use crate::error::CoordinatorError;
+use crate::store::{Loaded, MemStore, Store, StoreOp};
+
+fn info(name: &str) -> BaseModelInfo {
+    BaseModelInfo {
+        name: name.into(),
+        arch: "llama".into(),
+        vocab_size: 100,
+        max_context_length: 64,
+        tokenizer_dir: None,
+    }
+}
+
+fn config() -> CoreConfig {
+    CoreConfig {
+        models: BTreeMap::from([("tiny/llama3".to_string(), info("tiny/llama3"))]),
+        data_dir: PathBuf::from("/data"),
+        long_poll_ms: 1_000,
+        tick_ms: 5_000,
+        queue_limit: 3,
+        retry_after_s: 2,
+        samplers_resident_max: 2,
+        sampler_idle_ms: 60_000,
+    }
+}
+
+/// The script: a core, a store it commits into, and the commands it has produced so far.
+struct Script {
+    core: CoordinatorCore,
+    store: MemStore,
+    next_reply: u64,
+    /// Every reply, by token.
+    replies: BTreeMap<u64, Result<Answer, CoordinatorError>>,
+    /// Worker calls sent and not yet answered, in order.
+    sent: Vec<(CallId, ToWorker)>,
+    timers: Vec<(u64, Timer)>,
+}
+
+impl Script {
+    fn new() -> Script {
+        Script::from_core(CoordinatorCore::new(config(), Box::new(SeededIds(7))), MemStore::default())
+    }
+
+    fn from_core(core: CoordinatorCore, store: MemStore) -> Script {
+        let mut s = Script { core, store, next_reply: 1, replies: BTreeMap::new(), sent: vec![], timers: vec![] };
+        s.event(0, Event::WorkerJoined { worker: WorkerId(0), generation: Generation(1) });
+        s
+    }
+
+    /// Feeds one event; commits what it persists (acknowledging it) and records the rest.
+    fn event(&mut self, now: u64, event: Event) -> Vec<Command> {
+        let commands = self.core.on_event(now, event);
+        let mut all = commands.clone();
+        for c in commands {
+            match c {
+                Command::Persist { ticket, ops } => {
+                    self.store.commit(&ops).unwrap();
+                    all.extend(self.event(now, Event::Stored { ticket, result: Ok(()) }));
+                }
+                Command::Reply { to, reply } => {
+                    self.replies.insert(to.0, reply);
+                }
+                Command::Send { call, envelope, .. } => self.sent.push((call, envelope.body)),
+                Command::ArmTimer { at_ms, timer } => self.timers.push((at_ms, timer)),
+                Command::RemoveDir { .. } => {}
+            }
+        }
+        all
+    }
+
+    fn api(&mut self, now: u64, tenant: &str, request: ApiRequest) -> u64 {
+        let to = self.next_reply;
+        self.next_reply += 1;
+        let tenant = TenantId::new(tenant).unwrap();
+        self.event(now, Event::Api { reply: ReplyTo(to), tenant, request });
+        to
+    }
+
+    fn json(&self, to: u64) -> Value {
+        match self.replies.get(&to) {
+            Some(Ok(Answer::Json(v))) => v.clone(),
+            other => panic!("reply {to}: expected JSON, got {other:?}"),
+        }
+    }
+
+    fn error(&self, to: u64) -> CoordinatorError {
+        match self.replies.get(&to) {
+            Some(Err(e)) => e.clone(),
+            other => panic!("reply {to}: expected an error, got {other:?}"),
+        }
+    }
+
+    /// Answers the oldest outstanding worker call with `f(message)`.
+    fn worker(&mut self, now: u64, f: impl FnOnce(&ToWorker) -> FromWorker) -> ToWorker {
+        assert!(!self.sent.is_empty(), "no worker call outstanding");
+        let (call, body) = self.sent.remove(0);
+        let reply = f(&body);
+        self.event(now, Event::WorkerReplied { call, generation: Generation(1), reply });
+        body
+    }
+
+    fn session(&mut self, now: u64, tenant: &str) -> String {
+        let to = self.api(now, tenant, ApiRequest::CreateSession);
+        self.json(to)["session_id"].as_str().unwrap().to_string()
+    }
+
+    fn create(&mut self, now: u64, tenant: &str, session: &str, seq: u64) -> (String, String) {
+        let lora =
+            LoraRequest { rank: 4, seed: Some(3), alpha: None, train_unembed: None, train_mlp: None, train_attn: None };
+        let request = ApiRequest::CreateModel {
+            session: session.into(),
+            model_seq_id: seq,
+            base_model: "tiny/llama3".into(),
+            lora: Some(lora),
+            user_metadata: None,
+            idempotency_key: None,
+        };
+        let to = self.api(now, tenant, request);
+        let v = self.json(to);
+        (v["model_id"].as_str().unwrap().to_string(), v["request_id"].as_str().unwrap().to_string())
+    }
+
+    fn retrieve(&mut self, now: u64, tenant: &str, request: &str) -> u64 {
+        self.api(now, tenant, ApiRequest::RetrieveFuture { request_id: request.into() })
+    }
+}
+
+fn datum(tokens: &[u32]) -> Datum {
+    let targets: Vec<i64> = tokens.iter().map(|&t| i64::from(t) + 1).collect();
+    let n = targets.len();
+    Datum {
+        tokens: tokens.to_vec(),
+        loss_fn_inputs: BTreeMap::from([(
+            "target_tokens".to_string(),
+            Tensor { shape: vec![n], values: TensorValues::I64(targets) },
+        )]),
+    }
+}
+
+fn fb(model: &str, seq: i64, tokens: &[u32]) -> ApiRequest {
+    let req = runtime::wire::FbRequest {
+        model_id: model.into(),
+        seq_id: seq as i32,
+        data: vec![datum(tokens)],
+        loss_fn: "cross_entropy".into(),
+        loss_config: BTreeMap::new(),
+        loss_config_text: BTreeMap::new(),
+        forward_only: false,
+    };
+    ApiRequest::Sequenced {
+        model_id: model.into(),
+        seq_id: seq,
+        idempotency_key: None,
+        body: SequencedBody::ForwardBackward(Ok(req)),
+    }
+}
+
+fn optim(model: &str, seq: i64) -> ApiRequest {
+    let adam = runtime::control::AdamConfig {
+        learning_rate: 1e-3,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-12,
+        weight_decay: 0.0,
+        grad_clip_norm: 0.0,
+    };
+    ApiRequest::Sequenced {
+        model_id: model.into(),
+        seq_id: seq,
+        idempotency_key: None,
+        body: SequencedBody::Optim(Ok(adam)),
+    }
+}
+
+/// A deterministic echo worker: each datum's logprobs are -(token)/100 for its targets.
+fn echo(body: &ToWorker) -> FromWorker {
+    let answer = |data: &[Datum]| {
+        let outputs = data
+            .iter()
+            .map(|d| {
+                let n = d.tokens.len();
+                let lp: Vec<f32> = d.tokens.iter().map(|&t| -(t as f32) / 100.0).collect();
+                DatumOutput {
+                    logprobs: Tensor { shape: vec![n], values: TensorValues::F32(lp.clone()) },
+                    elementwise_loss: Tensor { shape: vec![n], values: TensorValues::F32(lp) },
+                }
+            })
+            .collect();
+        FromWorker::ForwardBackward(ForwardBackwardResult {
+            outputs,
+            metrics: BTreeMap::from([("loss:sum".into(), 1.0)]),
+        })
+    };
+    match body {
+        ToWorker::ForwardBackward { data, .. } => answer(data),
+        ToWorker::ForwardBackwardMany { items } => FromWorker::Each(items.iter().map(|i| answer(&i.data)).collect()),
+        ToWorker::OptimStep { .. } => FromWorker::Optim { metrics: BTreeMap::new() },
+        ToWorker::SaveState { .. } | ToWorker::ExportPeft { .. } => FromWorker::Saved { bytes: 10 },
+        _ => FromWorker::Done,
+    }
+}
+
+fn run_of(body: &ToWorker) -> String {
+    match body {
+        ToWorker::ForwardBackward { run, .. } | ToWorker::OptimStep { run, .. } | ToWorker::CreateRun { run, .. } => {
+            run.clone()
+        }
+        ToWorker::SaveState { run, .. } | ToWorker::DropRun { run } => run.clone(),
+        other => format!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_first_event_arms_the_housekeeping_tick_and_a_session_is_acknowledged_only_once_durable() {
+    let mut core = CoordinatorCore::new(config(), Box::new(SeededIds(7)));
+    let out = core.on_event(0, Event::WorkerJoined { worker: WorkerId(0), generation: Generation(1) });
+    assert_eq!(out, vec![Command::ArmTimer { at_ms: 5_000, timer: Timer::Tick }]);
+    let tenant = TenantId::new("alice").unwrap();
+    let out = core.on_event(10, Event::Api { reply: ReplyTo(1), tenant, request: ApiRequest::CreateSession });
+    let [Command::Persist { ticket, ops }] = &out[..] else { panic!("expected one persist, got {out:?}") };
+    assert!(matches!(&ops[..], [StoreOp::PutSession(row)] if row.id == "sess-1" && row.state == "active"));
+    let out = core.on_event(11, Event::Stored { ticket: *ticket, result: Ok(()) });
+    assert_eq!(out, vec![Command::Reply { to: ReplyTo(1), reply: Ok(Answer::Json(json!({"session_id": "sess-1"}))) }]);
+    // A failed commit is answered as a server error, never as success.
+    let tenant = TenantId::new("alice").unwrap();
+    let out = core.on_event(12, Event::Api { reply: ReplyTo(2), tenant, request: ApiRequest::CreateSession });
+    let [Command::Persist { ticket, .. }] = &out[..] else { panic!("{out:?}") };
+    let out = core.on_event(13, Event::Stored { ticket: *ticket, result: Err("disk full".into()) });
+    assert!(
+        matches!(&out[..], [Command::Reply { to: ReplyTo(2), reply: Err(CoordinatorError::Internal(m)) }] if m.contains("disk full"))
+    );
+    let _ = Ticket(0);
+}
+
+#[test]
+fn out_of_order_chunks_run_in_seq_order_and_retries_answer_the_original_request() {
+    let mut s = Script::new();
+    let session = s.session(0, "alice");
+    let (model, create) = s.create(1, "alice", &session, 0);
+    assert_eq!(run_of(&s.worker(2, echo)), model);
+    // Chunks 3 and 2 arrive before 1: nothing runs until 1 is there.
+    let r3 = s.api(3, "alice", fb(&model, 3, &[3]));
+    let r2 = s.api(4, "alice", fb(&model, 2, &[2]));
+    assert!(s.sent.is_empty(), "held behind seq 1: {:?}", s.sent);
+    let r1 = s.api(5, "alice", fb(&model, 1, &[1]));
+    // A retry of seq 2 (lost reply) answers the same request id and runs nothing.
+    let retry = s.api(6, "alice", fb(&model, 2, &[2]));
+    assert_eq!(s.json(retry)["request_id"], s.json(r2)["request_id"]);
+    let mut order = Vec::new();
+    while !s.sent.is_empty() {
+        let body = s.worker(7, echo);
+        if let ToWorker::ForwardBackward { data, .. } = body {
+            order.push(data[0].tokens[0]);
+        }
+    }
+    assert_eq!(order, vec![1, 2, 3], "one at a time, in seq_id order");
+    for r in [r1, r2, r3] {
+        let id = s.json(r)["request_id"].as_str().unwrap().to_string();
+        let poll = s.retrieve(8, "alice", &id);
+        assert!(matches!(s.replies[&poll], Ok(Answer::Outcome(Outcome::ForwardBackward(_)))));
+    }
+    let poll = s.retrieve(8, "alice", &create);
+    assert!(matches!(&s.replies[&poll], Ok(Answer::Outcome(Outcome::Json(v))) if v["type"] == "create_model"));
+}
+
+#[test]
+fn two_tenants_interleaved_share_a_step_and_never_see_each_other() {
+    let mut s = Script::new();
+    let a = s.session(0, "alice");
+    let b = s.session(0, "bob");
+    let (ma, _) = s.create(1, "alice", &a, 0);
+    let (mb, _) = s.create(1, "bob", &b, 0);
+    s.worker(2, echo);
+    s.worker(2, echo);
+    // alice's request goes alone; bob's and alice's next queue while it runs and share one step.
+    let a1 = s.api(3, "alice", fb(&ma, 1, &[1]));
+    let b1 = s.api(3, "bob", fb(&mb, 1, &[2]));
+    assert!(matches!(s.sent[..], [(_, ToWorker::ForwardBackward { .. })]), "{:?}", s.sent);
+    s.worker(4, echo);
+    assert!(matches!(&s.sent[..], [(_, ToWorker::ForwardBackward { run, .. })] if *run == mb));
+    let a2 = s.api(4, "alice", fb(&ma, 2, &[3]));
+    let _ = s.api(4, "alice", optim(&ma, 3));
+    s.worker(5, echo);
+    let b2 = s.api(5, "bob", fb(&mb, 2, &[4]));
+    // alice's fb 2 was sent while bob's was in flight... a step of one; bob's 2 joins the next.
+    let kinds: Vec<String> = s.sent.iter().map(|(_, b)| run_of(b)).collect();
+    assert!(kinds.contains(&ma), "{kinds:?}");
+    while !s.sent.is_empty() {
+        s.worker(6, echo);
+    }
+    // Tenant scoping: bob cannot poll alice's request, nor see her run.
+    let id = s.json(a1)["request_id"].as_str().unwrap().to_string();
+    let poll = s.retrieve(7, "bob", &id);
+    assert!(matches!(s.error(poll), CoordinatorError::NotFound(_)));
+    let info = s.api(7, "bob", ApiRequest::GetInfo { model_id: ma.clone() });
+    assert!(matches!(s.error(info), CoordinatorError::NotFound(_)));
+    for (tenant, r) in [("alice", a2), ("bob", b1), ("bob", b2)] {
+        let id = s.json(r)["request_id"].as_str().unwrap().to_string();
+        let poll = s.retrieve(8, tenant, &id);
+        assert!(matches!(s.replies[&poll], Ok(Answer::Outcome(Outcome::ForwardBackward(_)))), "{tenant} {r}");
+    }
+}
+
+#[test]
+fn requests_waiting_together_become_one_multi_tenant_step() {
+    let mut s = Script::new();
+    let sessions: Vec<String> = (0..3).map(|_| s.session(0, "alice")).collect();
+    let models: Vec<String> = sessions.iter().map(|sess| s.create(1, "alice", sess, 0).0).collect();
+    while !s.sent.is_empty() {
+        s.worker(2, echo);
+    }
+    for m in &models {
+        s.api(3, "alice", fb(m, 1, &[1, 2]));
+    }
+    // The first goes alone; the other two wait for it and then go as one step (3 is the queue limit here).
+    assert_eq!(s.sent.len(), 1);
+    s.worker(4, echo);
+    match &s.sent[..] {
+        [(_, ToWorker::ForwardBackwardMany { items })] => {
+            let runs: Vec<&str> = items.iter().map(|i| i.run.as_str()).collect();
+            assert_eq!(runs, models[1..].iter().map(String::as_str).collect::<Vec<_>>());
+        }
+        other => panic!("expected one multi-tenant step, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_pending_poll_waits_and_answers_try_again_at_its_deadline_or_the_result_when_done() {
+    let mut s = Script::new();
+    let session = s.session(0, "alice");
+    let (model, _) = s.create(1, "alice", &session, 0);
+    s.worker(2, echo);
+    let r = s.api(3, "alice", fb(&model, 1, &[1]));
+    let id = s.json(r)["request_id"].as_str().unwrap().to_string();
+    let p1 = s.retrieve(10, "alice", &id);
+    assert!(!s.replies.contains_key(&p1), "held while pending");
+    assert!(s.timers.contains(&(1_010, Timer::PollDeadline(ReplyTo(p1)))));
+    s.event(1_010, Event::Timer(Timer::PollDeadline(ReplyTo(p1))));
+    assert!(matches!(&s.replies[&p1], Ok(Answer::TryAgain { queue_state: QueueState::Active, .. })));
+    let p2 = s.retrieve(1_020, "alice", &id);
+    s.worker(1_030, echo);
+    assert!(matches!(s.replies[&p2], Ok(Answer::Outcome(Outcome::ForwardBackward(_)))), "woken by the completion");
+    // Its deadline firing later changes nothing.
+    let before = s.replies.len();
+    s.event(2_020, Event::Timer(Timer::PollDeadline(ReplyTo(p2))));
+    assert_eq!(s.replies.len(), before);
+}
+
+#[test]
+fn sessions_expire_without_heartbeats_and_their_runs_are_dropped() {
+    let mut s = Script::new();
+    let session = s.session(0, "alice");
+    let (model, _) = s.create(1, "alice", &session, 0);
+    s.worker(2, echo);
+    let hb = s.api(100_000, "alice", ApiRequest::Heartbeat { session: session.clone() });
+    assert_eq!(s.json(hb), json!({}));
+    s.event(100_000 + SESSION_EXPIRY_MS - 1, Event::Timer(Timer::Tick));
+    assert!(s.sent.is_empty());
+    s.event(100_000 + SESSION_EXPIRY_MS, Event::Timer(Timer::Tick));
+    assert!(matches!(&s.sent[..], [(_, ToWorker::DropRun { run })] if *run == model), "{:?}", s.sent);
+    let hb = s.api(100_000 + SESSION_EXPIRY_MS + 1, "alice", ApiRequest::Heartbeat { session: session.clone() });
+    assert!(matches!(s.error(hb), CoordinatorError::Gone(_)));
+    let late = s.api(100_000 + SESSION_EXPIRY_MS + 2, "alice", fb(&model, 1, &[1]));
+    assert!(matches!(s.error(late), CoordinatorError::BadRequest(m) if m.contains("Expired")));
+    let rows = s.store.load().unwrap().sessions;
+    assert_eq!(rows[0].state, "expired", "the expiry is durable");
+}
+
+#[test]
+fn a_checkpoint_past_its_ttl_is_deleted_durably_at_the_next_tick() {
+    let mut s = Script::new();
+    let session = s.session(0, "alice");
+    let (model, _) = s.create(1, "alice", &session, 0);
+    s.worker(2, echo);
+    let save = SaveRequest {
+        path: Some("x".into()),
+        overwrite: false,
+        ttl_seconds: Some(3600),
+        user_metadata: None,
+        sampling_session_seq_id: None,
+    };
+    let r = s.api(
+        10,
+        "alice",
+        ApiRequest::Sequenced {
+            model_id: model.clone(),
+            seq_id: 1,
+            idempotency_key: None,
+            body: SequencedBody::SaveState(save),
+        },
+    );
+    assert!(s.json(r)["request_id"].is_string());
+    s.worker(11, echo);
+    assert_eq!(s.store.load().unwrap().checkpoints.len(), 1);
+    s.event(11 + 3_600_000 - 1, Event::Timer(Timer::Tick));
+    assert_eq!(s.store.load().unwrap().checkpoints.len(), 1);
+    let out = s.event(11 + 3_600_000, Event::Timer(Timer::Tick));
+    assert!(out.iter().any(|c| matches!(c, Command::RemoveDir { dir } if dir.ends_with("weights/x"))), "{out:?}");
+    assert!(s.store.load().unwrap().checkpoints.is_empty());
+    let list = s.api(11 + 3_600_001, "alice", ApiRequest::ListRunCheckpoints { run: model });
+    assert_eq!(s.json(list)["checkpoints"], json!([]));
+}
+
+#[test]
+fn beyond_the_queue_limit_new_work_is_refused_with_retry_after_and_nothing_is_lost() {
+    let mut s = Script::new();
+    let session = s.session(0, "alice");
+    let (model, _) = s.create(1, "alice", &session, 0);
+    s.worker(2, echo);
+    let ok: Vec<u64> = (1..=3).map(|seq| s.api(3, "alice", fb(&model, seq, &[1]))).collect();
+    let refused = s.api(3, "alice", fb(&model, 4, &[1]));
+    assert!(matches!(s.error(refused), CoordinatorError::Busy { retry_after_s: 2, .. }));
+    // The refused seq_id was not consumed: once the queue drains, the same request is accepted.
+    while !s.sent.is_empty() {
+        s.worker(4, echo);
+    }
+    let again = s.api(5, "alice", fb(&model, 4, &[1]));
+    assert!(s.json(again)["request_id"].is_string());
+    for r in ok {
+        assert!(s.json(r)["request_id"].is_string());
+    }
+}
+
+#[test]
+fn an_unset_lora_seed_is_drawn_from_the_id_source_and_recorded() {
+    let mut s = Script::new();
+    let session = s.session(0, "alice");
+    let lora = LoraRequest { rank: 4, seed: None, alpha: None, train_unembed: None, train_mlp: None, train_attn: None };
+    let request = ApiRequest::CreateModel {
+        session,
+        model_seq_id: 0,
+        base_model: "tiny/llama3".into(),
+        lora: Some(lora),
+        user_metadata: None,
+        idempotency_key: None,
+    };
+    s.api(1, "alice", request);
+    let ToWorker::CreateRun { lora, .. } = s.worker(2, echo) else { panic!("expected CreateRun") };
+    assert_ne!(lora.seed, 0);
+    let rows = s.store.load().unwrap().runs;
+    let record: super::catalog::RunRecord = serde_json::from_str(&rows[0].record_json).unwrap();
+    assert_eq!(record.lora.seed, lora.seed, "the drawn seed is durable, so a replay creates the same A");
+}
+
+#[test]
+fn a_restart_rebuilds_the_run_from_its_snapshot_and_journal_and_finishes_what_was_acknowledged() {
+    let mut s = Script::new();
+    let session = s.session(0, "alice");
+    let (model, _) = s.create(1, "alice", &session, 0);
+    s.worker(2, echo);
+    s.api(3, "alice", fb(&model, 1, &[1]));
+    s.worker(4, echo);
+    s.api(5, "alice", optim(&model, 2));
+    s.worker(6, echo);
+    // After the optim step the run is snapshotted and its journal truncated.
+    let ToWorker::SaveState { dir, optimizer: true, .. } = s.worker(7, echo) else { panic!("expected a snapshot") };
+    assert!(dir.ends_with(format!("snapshots/{model}/2")));
+    assert!(s.store.load().unwrap().journal.iter().all(|r| r.run != model || r.seq_id > 2));
+    // Two more requests are acknowledged; the first finishes, the second is still queued: crash.
+    let r3 = s.api(8, "alice", fb(&model, 3, &[3]));
+    let r4 = s.api(8, "alice", fb(&model, 4, &[4]));
+    s.worker(9, echo);
+    let done = s.json(r3)["request_id"].as_str().unwrap().to_string();
+    let pending = s.json(r4)["request_id"].as_str().unwrap().to_string();
+    let loaded: Loaded = s.store.load().unwrap();
+
+    let core = CoordinatorCore::restore(config(), Box::new(SeededIds(8)), &loaded, 20).unwrap();
+    let mut t = Script::from_core(core, s.store.clone());
+    // Rebuild: load the snapshot, replay seq 3 (its result is kept), then run seq 4 for real.
+    let ToWorker::LoadState { dir: loaded_dir, optimizer: true, .. } = t.worker(21, echo) else {
+        panic!("expected LoadState")
+    };
+    assert_eq!(loaded_dir, dir);
+    let hb = t.api(21, "alice", ApiRequest::Heartbeat { session: session.clone() });
+    assert_eq!(t.json(hb), json!({}), "the session survived the restart");
+    let poll = t.retrieve(22, "alice", &pending);
+    t.event(22 + 1_000, Event::Timer(Timer::PollDeadline(ReplyTo(poll))));
+    assert!(matches!(&t.replies[&poll], Ok(Answer::TryAgain { queue_state: QueueState::PausedCapacity, .. })));
+    let ToWorker::ForwardBackward { data, .. } = t.worker(1_030, echo) else { panic!("replay of seq 3") };
+    assert_eq!(data[0].tokens, vec![3]);
+    let ToWorker::ForwardBackward { data, .. } = t.worker(1_031, echo) else { panic!("seq 4") };
+    assert_eq!(data[0].tokens, vec![4]);
+    for id in [&done, &pending] {
+        let poll = t.retrieve(1_040, "alice", id);
+        assert!(matches!(t.replies[&poll], Ok(Answer::Outcome(Outcome::ForwardBackward(_)))), "{id}");
+    }
+    // The next seq_id is accepted, a retry of an old one answers the original id.
+    let retry = t.api(1_050, "alice", fb(&model, 4, &[4]));
+    assert_eq!(t.json(retry)["request_id"], json!(pending));
+    let r5 = t.api(1_050, "alice", fb(&model, 5, &[5]));
+    assert!(t.json(r5)["request_id"].is_string());
+}
+
+#[test]
+fn ephemeral_samplers_beyond_the_resident_limit_are_freed_and_rebuilt_on_use() {
+    let mut s = Script::new();
+    let session = s.session(0, "alice");
+    let (model, _) = s.create(1, "alice", &session, 0);
+    s.worker(2, echo);
+    let mut samplers = Vec::new();
+    for seq in 1..=3 {
+        let save = SaveRequest {
+            path: None,
+            overwrite: false,
+            ttl_seconds: None,
+            user_metadata: None,
+            sampling_session_seq_id: Some(seq),
+        };
+        let r = s.api(
+            10 * seq,
+            "alice",
+            ApiRequest::Sequenced {
+                model_id: model.clone(),
+                seq_id: seq as i64,
+                idempotency_key: None,
+                body: SequencedBody::SaveForSampler(save),
+            },
+        );
+        let id = s.json(r)["request_id"].as_str().unwrap().to_string();
+        assert!(matches!(s.worker(10 * seq + 1, echo), ToWorker::SaveState { optimizer: false, .. }));
+        assert!(matches!(s.worker(10 * seq + 2, echo), ToWorker::CreateSampler { .. }));
+        let poll = s.retrieve(10 * seq + 3, "alice", &id);
+        let Ok(Answer::Outcome(Outcome::Json(v))) = &s.replies[&poll] else { panic!("{:?}", s.replies[&poll]) };
+        samplers.push(v["sampling_session_id"].as_str().unwrap().to_string());
+    }
+    // The limit is 2: making the third freed the least recently used (the first).
+    assert!(
+        s.sent.iter().any(|(_, b)| matches!(b, ToWorker::DropSampler { sampler } if *sampler == samplers[0])),
+        "{:?}",
+        s.sent
+    );
+    while !s.sent.is_empty() {
+        s.worker(40, echo);
+    }
+    assert_eq!(s.core.resident_samplers(), 2);
+    // Sampling from the freed one rebuilds it from its saved adapter first.
+    let req: super::sampling::SampleRequestJson = serde_json::from_value(json!({
+        "sampling_session_id": samplers[0], "seq_id": 1, "num_samples": 1,
+        "prompt": {"chunks": [{"type": "encoded_text", "tokens": [1, 2]}]},
+        "sampling_params": {"max_tokens": 2, "temperature": 0.0}
+    }))
+    .unwrap();
+    let r = s.api(50, "alice", ApiRequest::Sample { request: Box::new(req), idempotency_key: None });
+    assert!(s.json(r)["request_id"].is_string());
+    let ToWorker::CreateSampler { sampler, adapter, .. } = s.worker(51, echo) else { panic!("expected a rebuild") };
+    assert_eq!(sampler, samplers[0]);
+    assert!(
+        matches!(adapter, runtime::control::SamplerAdapter::Dir(d) if d.ends_with(format!("samplers/{}", samplers[0])))
+    );
+    let mut saw_sample = false;
+    while !s.sent.is_empty() {
+        let body = s.worker(52, |b| match b {
+            ToWorker::Sample(_) => FromWorker::Failed { category: ErrorCategory::User, message: "test".into() },
+            other => echo(other),
+        });
+        saw_sample |= matches!(body, ToWorker::Sample(_));
+    }
+    assert!(saw_sample, "the sample ran once its sampler was back");
+    assert!(s.core.resident_samplers() <= 2);
+}
