@@ -140,16 +140,20 @@ impl ApiRequest {
     /// The session, run, sampler and request ids this request names (as given; for log lines).
     pub fn named_ids(&self) -> (Option<&str>, Option<&str>, Option<&str>, Option<&str>) {
         match self {
-            ApiRequest::Heartbeat { session } | ApiRequest::FinishSession { session } => (Some(session), None, None, None),
+            ApiRequest::Heartbeat { session } | ApiRequest::FinishSession { session } => {
+                (Some(session), None, None, None)
+            }
             ApiRequest::CreateModel { session, .. } | ApiRequest::CreateFromState { session, .. } => {
                 (Some(session), None, None, None)
             }
             ApiRequest::CreateSampler { session, .. } => (Some(session), None, None, None),
-            ApiRequest::GetInfo { model_id } | ApiRequest::Sequenced { model_id, .. } => (None, Some(model_id), None, None),
-            ApiRequest::GetRun { run } | ApiRequest::ListRunCheckpoints { run } => (None, Some(run), None, None),
-            ApiRequest::DeleteCheckpoint { run, .. } | ApiRequest::SetTtl { run, .. } | ApiRequest::ExternalWeights { run, .. } => {
-                (None, Some(run), None, None)
+            ApiRequest::GetInfo { model_id } | ApiRequest::Sequenced { model_id, .. } => {
+                (None, Some(model_id), None, None)
             }
+            ApiRequest::GetRun { run } | ApiRequest::ListRunCheckpoints { run } => (None, Some(run), None, None),
+            ApiRequest::DeleteCheckpoint { run, .. }
+            | ApiRequest::SetTtl { run, .. }
+            | ApiRequest::ExternalWeights { run, .. } => (None, Some(run), None, None),
             ApiRequest::RetrieveFuture { request_id } => (None, None, None, Some(request_id)),
             ApiRequest::GetSampler { sampler } => (None, None, Some(sampler), None),
             ApiRequest::Sample { request, .. } => (None, None, request.sampling_session_id.as_deref(), None),
