@@ -41,6 +41,8 @@ pub struct ServeConfig {
     pub api_keys: Option<PathBuf>,
     /// Base URL clients reach this server at (for download links); default `http://<listen>`.
     pub public_url: Option<String>,
+    /// Most unfinished forward_backward + sample requests per base model before 429 (default 4096).
+    pub queue_limit: Option<usize>,
 }
 
 /// Binds `config.listen` and serves until Ctrl-C.
@@ -53,6 +55,10 @@ pub async fn serve(
     if config.api_keys.is_none() && !config.listen.ip().is_loopback() {
         return Err(ServeError::OpenModeNotLoopback { addr: config.listen });
     }
+    let mut tuning = Tuning::standard();
+    if let Some(limit) = config.queue_limit {
+        tuning.queue_limit = limit;
+    }
     let listener =
         TcpListener::bind(config.listen).await.map_err(|source| ServeError::Bind { addr: config.listen, source })?;
     let shutdown = async {
@@ -62,7 +68,7 @@ pub async fn serve(
         }
     };
     tokio::select! {
-        r = serve_on(listener, config, models, link, clock, Tuning::standard()) => r,
+        r = serve_on(listener, config, models, link, clock, tuning) => r,
         () = shutdown => Ok(()),
     }
 }

@@ -28,11 +28,48 @@ pub struct Tensor {
 }
 
 /// One training example: the model input tokens and the loss function's inputs by name
-/// (`target_tokens`, `weights`, `logprobs`, `advantages`, …).
+/// (`target_tokens`, `weights`, `logprobs`, `advantages`, …), and where its tokens came from
+/// when the client said so.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Datum {
     pub tokens: Vec<u32>,
     pub loss_fn_inputs: BTreeMap<String, Tensor>,
+    /// Absent from messages written before provenance was kept, hence the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Provenance>,
+}
+
+/// Where a datum's positions came from (the SDK's `Datum.with_provenance`, sent by
+/// tinker-cookbook's RL loops): consecutive runs that tile the model input and the rows of
+/// `target_tokens`, each naming a sequence the client sampled. The two lists come as a pair.
+/// `wire::spans` checks the tiling; that the named sequences are this tenant's is the
+/// coordinator's check. No loss of lathe reads them (stable_reinforce would).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// Tiles `Datum::tokens`: the lengths sum to its length, and positions follow from order.
+    pub model_input: Vec<ProvenanceSpan>,
+    /// Tiles the rows of `loss_fn_inputs["target_tokens"]` the same way.
+    pub loss_fn_inputs: Vec<ProvenanceSpan>,
+}
+
+/// One run of a provenance tiling: `length` consecutive datum positions that are positions
+/// `offset..offset + length` of sequence `sequence_id`'s prompt or of its sampled tokens.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProvenanceSpan {
+    pub source: SpanSource,
+    /// A `sample_sequence_id` the client got from `asample`.
+    pub sequence_id: String,
+    pub offset: u64,
+    pub length: u64,
+}
+
+/// Which tokens of the named sequence a [`ProvenanceSpan`] reproduces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SpanSource {
+    /// The prompt of the sampling request that produced the sequence.
+    Prompt,
+    /// The sequence's sampled tokens.
+    Sampled,
 }
 
 /// `torch.optim.AdamW` hyperparameters as Tinker sends them.

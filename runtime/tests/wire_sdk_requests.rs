@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use prost::Message;
-use runtime::control::{Tensor, TensorValues};
+use runtime::control::{Provenance, ProvenanceSpan, SpanSource, Tensor, TensorValues};
 use runtime::wire::{self, proto, FbRequest, WireError};
 use serde_json::Value;
 
@@ -97,8 +97,36 @@ fn check_request_vector(name: &str) -> usize {
             check_tensor(&format!("{name} data[{i}].{input}"), &datum.loss_fn_inputs[input], want_tensor);
             tensors += 1;
         }
+        check_provenance(&format!("{name} data[{i}]"), datum.provenance.as_ref(), &want_datum["provenance"]);
     }
     tensors
+}
+
+/// `want` is absent (JSON null) for a datum without spans, else both lists as the SDK built them.
+fn check_provenance(where_: &str, got: Option<&Provenance>, want: &Value) {
+    let Some(got) = got else {
+        assert!(want.is_null(), "{where_}: provenance {want} was not decoded");
+        return;
+    };
+    assert!(want.is_object(), "{where_}: decoded provenance {got:?} that the SDK did not send");
+    for (spans, key) in [(&got.model_input, "model_input"), (&got.loss_fn_inputs, "loss_fn_inputs")] {
+        let want_spans = want[key].as_array().unwrap();
+        assert_eq!(spans.len(), want_spans.len(), "{where_} {key} spans");
+        for (j, (span, w)) in spans.iter().zip(want_spans).enumerate() {
+            let source = match w["source"].as_str().unwrap() {
+                "prompt" => SpanSource::Prompt,
+                "sampled" => SpanSource::Sampled,
+                other => panic!("{where_}: unknown span source {other}"),
+            };
+            let expected = ProvenanceSpan {
+                source,
+                sequence_id: w["sequence_id"].as_str().unwrap().to_owned(),
+                offset: w["offset"].as_u64().unwrap(),
+                length: w["length"].as_u64().unwrap(),
+            };
+            assert_eq!(span, &expected, "{where_} {key}[{j}]");
+        }
+    }
 }
 
 #[test]
@@ -131,6 +159,18 @@ fn a_zstd_body_compressed_by_the_sdk_decompresses_and_decodes() {
     assert_eq!(check_request_vector("fb_zstd.zst"), 8);
 }
 
+/// tinker-cookbook's RL loops attach provenance to every datum they build from samples: the
+/// spans the SDK wrote must come out on the decoded datums, in order, kind by kind, and name the
+/// sequences they cite (which the coordinator checks against what the tenant sampled).
+#[test]
+fn the_sdks_rl_datums_keep_their_provenance_spans_and_name_their_sequences() {
+    assert_eq!(check_request_vector("fb_provenance.bin"), 9);
+    let decoded = decode_fixture("fb_provenance.bin").unwrap();
+    let ids = |i: usize| wire::spans::sequence_ids(&decoded.data[i]).into_iter().collect::<Vec<_>>();
+    assert_eq!((ids(0), ids(1), ids(2)), (vec!["seq-7"], vec![], vec!["a", "b", "c"]));
+    assert!(decoded.data.iter().all(|d| wire::spans::validate(d).is_ok()));
+}
+
 #[test]
 fn the_zstd_cap_is_exact_at_the_decompressed_length() {
     let vectors = vectors();
@@ -145,7 +185,7 @@ fn the_zstd_cap_is_exact_at_the_decompressed_length() {
 fn bad_sdk_requests_fail_naming_the_datum_and_field_and_keep_their_seq_id() {
     let vectors = vectors();
     let errors = vectors["errors"].as_object().unwrap();
-    assert_eq!(errors.len(), 3);
+    assert_eq!(errors.len(), 4);
     for (name, want) in errors {
         let error = decode_fixture(name).unwrap_err();
         let seq = want["seq"].as_array().unwrap();

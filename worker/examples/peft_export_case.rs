@@ -118,7 +118,7 @@ fn forward(
                 Tensor { shape: vec![n], values: TensorValues::I64(full[1..].iter().map(|&t| i64::from(t)).collect()) };
             let weights = Tensor { shape: vec![n], values: TensorValues::F32(vec![1.0; n]) };
             let inputs = BTreeMap::from([("target_tokens".to_string(), targets), ("weights".to_string(), weights)]);
-            Datum { tokens: full[..n].to_vec(), loss_fn_inputs: inputs }
+            Datum { tokens: full[..n].to_vec(), loss_fn_inputs: inputs, provenance: None }
         })
         .collect();
     let body = ToWorker::ForwardBackward {

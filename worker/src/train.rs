@@ -6,6 +6,14 @@
 //!
 //! A `forward_backward`'s loss is the plain sum over its datums; metrics are merged across datums
 //! in request order (see `loss` for their meaning).
+//!
+//! A request may also run as several passes over consecutive pieces of its datums ([`step_pass`],
+//! used when one pass would not fit the memory budget): each pass adds its datums' gradients into
+//! the same buffers and its statistics into the same running totals ([`FbPartial`]). Weight
+//! gradients are reduced per sequence and added into the buffers in sequence order, and metrics
+//! are merged datum by datum, so the pieces give exactly what one pass gives. (Except the shared
+//! expert factors of a MoE model, whose contributions are added expert by expert over a pass's
+//! sequences: split passes reorder those additions, so they agree only to rounding.)
 
 use std::collections::BTreeMap;
 
@@ -15,7 +23,7 @@ use thiserror::Error;
 
 use crate::adapter::LoraWeights;
 use crate::loss::{target_tokens, DatumLoss, LossFn, LossInputError, LossInputs, Metrics, Targets};
-use crate::model::{Forward, Model, ModelError, PackedBatch, Tenant};
+use crate::model::{expert_fractions, Forward, Model, ModelError, PackedBatch, Tenant};
 use crate::optim::TrainState;
 
 /// One training example: the model input tokens and the loss's inputs (`target_tokens` among them,
@@ -66,6 +74,83 @@ pub struct StepItem<'a> {
     pub backward: bool,
 }
 
+/// One training run's share of one pass of a request that may span several: its [`StepItem`],
+/// whose datums are datums `first_datum..` of the request (errors name them by that number), and
+/// what the request's earlier passes produced, which this pass extends.
+pub struct PassItem<'s, 'a> {
+    pub step: &'s mut StepItem<'a>,
+    pub first_datum: usize,
+    pub acc: &'s mut FbPartial,
+}
+
+/// MoE routing counts: `(layer, assignments per expert (E), all assignments)` per sparse layer.
+type MoeCounts = Vec<(usize, Vec<usize>, usize)>;
+
+/// What a request's datums have produced so far, not yet reduced: per-datum outputs in datum
+/// order, every metric's partial statistic, and each sparse MoE layer's routing counts. Carried
+/// from pass to pass of a request split over several ([`step_pass`]), it reduces
+/// ([`FbPartial::finish`]) to exactly the [`FbOutput`] of one pass: sums continue the same running
+/// total datum by datum, means keep total and count apart, and MoE fractions are taken from
+/// integer counts only at the end.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FbPartial {
+    logprobs: Vec<Vec<f32>>,
+    elementwise_loss: Vec<Vec<f32>>,
+    metrics: Metrics,
+    moe: MoeCounts,
+}
+
+/// What one pass adds to an item's [`FbPartial`]: its datums' outputs, the running metrics after
+/// them, and the routing counts of its rows. Committed only once the whole pass succeeded.
+struct PassOutput {
+    logprobs: Vec<Vec<f32>>,
+    elementwise_loss: Vec<Vec<f32>>,
+    metrics: Metrics,
+    moe: MoeCounts,
+}
+
+impl FbPartial {
+    /// The number of datums accumulated.
+    pub fn datums(&self) -> usize {
+        self.logprobs.len()
+    }
+
+    /// Reduces to the reply: metrics to `name:reduction` values and routing counts to each MoE
+    /// layer's load balance, the busiest and idlest expert's share of the request's `T·k`
+    /// assignments (1/E each when perfectly balanced; reported, never enforced).
+    ///
+    /// # Panics
+    /// When no datum was accumulated (there is no `loss:sum` to report).
+    pub fn finish(self) -> FbOutput {
+        let mut metrics = self.metrics.finish();
+        for (layer, counts, assignments) in &self.moe {
+            let fractions = expert_fractions(counts, *assignments);
+            let max = fractions.iter().copied().fold(0.0f32, f32::max);
+            let min = fractions.iter().copied().fold(1.0f32, f32::min);
+            metrics.insert(format!("moe_layer{layer}_expert_frac_max:max"), f64::from(max));
+            metrics.insert(format!("moe_layer{layer}_expert_frac_min:min"), f64::from(min));
+        }
+        assert!(metrics.contains_key("loss:sum"), "every loss reports loss:sum");
+        FbOutput { logprobs: self.logprobs, elementwise_loss: self.elementwise_loss, metrics }
+    }
+
+    fn commit(&mut self, pass: PassOutput) {
+        self.logprobs.extend(pass.logprobs);
+        self.elementwise_loss.extend(pass.elementwise_loss);
+        self.metrics = pass.metrics;
+        if self.moe.is_empty() {
+            self.moe = pass.moe;
+            return;
+        }
+        assert_eq!(self.moe.len(), pass.moe.len(), "every pass of a request runs on the same model");
+        for ((layer, counts, assignments), (l, c, a)) in self.moe.iter_mut().zip(pass.moe) {
+            assert!(*layer == l && counts.len() == c.len(), "every pass of a request runs on the same model");
+            counts.iter_mut().zip(c).for_each(|(total, c)| *total += c);
+            *assignments += a;
+        }
+    }
+}
+
 impl TrainState {
     /// Forward, loss and backward over `data`, adding `d loss / d (A, B)` into `self.grads`.
     ///
@@ -88,12 +173,15 @@ impl TrainState {
     /// # Errors
     /// As [`Self::forward_backward`].
     pub fn forward<B: Backend>(&self, model: &Model<B>, data: &[Datum], loss: &LossFn) -> Result<FbOutput, TrainError> {
-        let targets = validate(model, data, loss)?;
+        let targets = validate(model, data, loss, 0)?;
         check_adapter(model, self)?;
         let run = RunRef { lora: &self.lora, params: &self.params, data, targets: &targets };
         let (batch, fwd) = forward_pass(model, &[run])?;
         let mut dlogprobs = vec![0.0f32; fwd.logprobs.len()]; // (T, k_batch), unused without backward
-        loss_pass(&batch, &fwd, 0..data.len(), data, &targets, loss, &mut dlogprobs)
+        let mut acc = FbPartial::default();
+        let piece = LossPiece { seqs: 0..data.len(), data, targets: &targets, loss, first_datum: 0 };
+        acc.commit(loss_pass(&batch, &fwd, &piece, &acc.metrics, &mut dlogprobs)?);
+        Ok(acc.finish())
     }
 }
 
@@ -106,10 +194,24 @@ impl TrainState {
 /// sequences (see `model::Tenant`). An item whose request is malformed gets its error and changes
 /// nothing; the others go ahead without it.
 pub fn step_many<B: Backend>(model: &Model<B>, items: &mut [StepItem<'_>]) -> Vec<Result<FbOutput, TrainError>> {
-    let mut results: Vec<Option<Result<FbOutput, TrainError>>> = Vec::with_capacity(items.len());
+    let mut accs = vec![FbPartial::default(); items.len()];
+    let mut pass: Vec<PassItem<'_, '_>> =
+        items.iter_mut().zip(&mut accs).map(|(step, acc)| PassItem { step, first_datum: 0, acc }).collect();
+    let results = step_pass(model, &mut pass);
+    drop(pass);
+    results.into_iter().zip(accs).map(|(r, acc)| r.map(|()| acc.finish())).collect()
+}
+
+/// One pass of a multi-tenant step, as [`step_many`] describes, except that each item's outputs
+/// and statistics extend its `acc` rather than being reduced, so a request can run as several
+/// passes over consecutive pieces of its datums, in order, with the same result as one pass (see
+/// the module doc). An item that fails leaves its state and its `acc` unchanged.
+pub fn step_pass<B: Backend>(model: &Model<B>, items: &mut [PassItem<'_, '_>]) -> Vec<Result<(), TrainError>> {
+    let mut results: Vec<Option<Result<(), TrainError>>> = Vec::with_capacity(items.len());
     let mut targets: Vec<Vec<Targets>> = Vec::with_capacity(items.len());
     for it in items.iter() {
-        match validate(model, it.data, it.loss).and_then(|t| check_adapter(model, it.state).map(|()| t)) {
+        let (step, first) = (&*it.step, it.first_datum);
+        match validate(model, step.data, step.loss, first).and_then(|t| check_adapter(model, step.state).map(|()| t)) {
             Ok(t) => {
                 targets.push(t);
                 results.push(None);
@@ -152,18 +254,19 @@ fn forward_pass<B: Backend>(model: &Model<B>, runs: &[RunRef<'_>]) -> Result<(Pa
     Ok((batch, fwd))
 }
 
-/// The packed pass over the items `live` (all validated), results in `live`'s order.
+/// The packed pass over the items `live` (all validated), results in `live`'s order; each
+/// successful item's outputs are committed to its `acc`.
 fn run_live<B: Backend>(
     model: &Model<B>,
-    items: &mut [StepItem<'_>],
+    items: &mut [PassItem<'_, '_>],
     live: &[usize],
     targets: &[Vec<Targets>],
-) -> Vec<Result<FbOutput, TrainError>> {
-    let counts: Vec<usize> = live.iter().map(|&i| items[i].data.len()).collect();
+) -> Vec<Result<(), TrainError>> {
+    let counts: Vec<usize> = live.iter().map(|&i| items[i].step.data.len()).collect();
     let runs: Vec<RunRef<'_>> = live
         .iter()
         .map(|&i| {
-            let it = &items[i];
+            let it = &*items[i].step;
             RunRef { lora: &it.state.lora, params: &it.state.params, data: it.data, targets: &targets[i] }
         })
         .collect();
@@ -178,17 +281,24 @@ fn run_live<B: Backend>(
     let mut first_seq = 0;
     for (&i, &n) in live.iter().zip(&counts) {
         let it = &items[i];
-        let seq_range = first_seq..first_seq + n;
-        first_seq = seq_range.end;
-        outs.push(loss_pass(&batch, &fwd, seq_range, it.data, &targets[i], it.loss, &mut dlogprobs));
+        let seqs = first_seq..first_seq + n;
+        first_seq = seqs.end;
+        let piece = LossPiece {
+            seqs,
+            data: it.step.data,
+            targets: &targets[i],
+            loss: it.step.loss,
+            first_datum: it.first_datum,
+        };
+        outs.push(loss_pass(&batch, &fwd, &piece, &it.acc.metrics, &mut dlogprobs));
     }
 
     // Gradients only for backward items whose loss succeeded. Every other item's rows get a zero
     // upstream gradient and no gradient buffer: its rows never mix with another's, so leaving
     // it out of the backward changes nobody's gradients.
-    let wants: Vec<bool> = live.iter().zip(&outs).map(|(&i, o)| items[i].backward && o.is_ok()).collect();
+    let wants: Vec<bool> = live.iter().zip(&outs).map(|(&i, o)| items[i].step.backward && o.is_ok()).collect();
     if !wants.contains(&true) {
-        return outs;
+        return commit(items, live, outs);
     }
     let k = batch.k;
     let mut seq = 0;
@@ -207,11 +317,14 @@ fn run_live<B: Backend>(
             continue;
         }
         let w = *wanted.next().expect("one flag per live item");
-        let TrainState { lora, params, grads: g, .. } = &mut *it.state;
-        tenants.push(Tenant { seqs: it.data.len(), lora: Some((&*lora, &*params)) });
+        let StepItem { state, data, .. } = &mut *it.step;
+        let TrainState { lora, params, grads: g, .. } = &mut **state;
+        tenants.push(Tenant { seqs: data.len(), lora: Some((&*lora, &*params)) });
         grads.push(if w { Some(g) } else { None });
     }
-    if let Err(e) = model.backward_tenants(&fwd, &batch, &dlogprobs, &tenants, &mut grads) {
+    let backward = model.backward_tenants(&fwd, &batch, &dlogprobs, &tenants, &mut grads);
+    drop((tenants, grads));
+    if let Err(e) = backward {
         // Backward checks before it adds anything, so every state is still unchanged.
         let e = TrainError::from(e);
         for (out, &w) in outs.iter_mut().zip(&wants) {
@@ -220,7 +333,16 @@ fn run_live<B: Backend>(
             }
         }
     }
-    outs
+    commit(items, live, outs)
+}
+
+/// Commits each successful pass output to its item's `acc`; failed items keep theirs unchanged.
+fn commit(
+    items: &mut [PassItem<'_, '_>],
+    live: &[usize],
+    outs: Vec<Result<PassOutput, TrainError>>,
+) -> Vec<Result<(), TrainError>> {
+    live.iter().zip(outs).map(|(&i, out)| out.map(|pass| items[i].acc.commit(pass))).collect()
 }
 
 /// `state`'s adapter must fit `model` (its sites and shapes).
@@ -228,15 +350,21 @@ fn check_adapter<B: Backend>(model: &Model<B>, state: &TrainState) -> Result<(),
     model.check_adapter(&state.lora, &state.params).map_err(TrainError::from)
 }
 
-/// Checks every datum against the model and reads its targets.
-fn validate<B: Backend>(model: &Model<B>, data: &[Datum], loss: &LossFn) -> Result<Vec<Targets>, TrainError> {
+/// Checks every datum against the model and reads its targets; `data` are the request's datums
+/// `first_datum..`, which is how errors number them.
+fn validate<B: Backend>(
+    model: &Model<B>,
+    data: &[Datum],
+    loss: &LossFn,
+    first_datum: usize,
+) -> Result<Vec<Targets>, TrainError> {
     if data.is_empty() {
         return Err(TrainError::NoData);
     }
     let vocab = model.config().vocab_size;
     let max = model.config().max_position_embeddings;
     let mut all = Vec::with_capacity(data.len());
-    for (datum, d) in data.iter().enumerate() {
+    for (datum, d) in (first_datum..).zip(data) {
         if d.tokens.is_empty() {
             return Err(TrainError::EmptyDatum { datum });
         }
@@ -266,26 +394,36 @@ fn pad_targets(t: &Targets, k_batch: usize) -> Vec<u32> {
     out
 }
 
-/// Runs `loss` on each datum of one run (the batch's sequences `seqs`) over its slice of the
-/// forward's logprobs, and writes the gradients into those rows of `dlogprobs (T, k_batch)`.
-/// Metrics are this run's alone, MoE load balance over its own tokens.
+/// One run's datums in a pass: the batch's sequences `seqs`, which are datums `first_datum..` of
+/// its request.
+struct LossPiece<'a> {
+    seqs: std::ops::Range<usize>,
+    data: &'a [Datum],
+    targets: &'a [Targets],
+    loss: &'a LossFn,
+    first_datum: usize,
+}
+
+/// Runs the loss on each datum of one run's `piece` over its slice of the forward's logprobs, and
+/// writes the gradients into those rows of `dlogprobs (T, k_batch)`. Each datum's statistics are
+/// merged, in order, into a copy of `metrics`, the running totals of the request's earlier
+/// passes (empty for the first). MoE routing counts are over this run's own rows.
 fn loss_pass(
     batch: &PackedBatch,
     fwd: &Forward,
-    seqs: std::ops::Range<usize>,
-    data: &[Datum],
-    targets: &[Targets],
-    loss: &LossFn,
+    piece: &LossPiece<'_>,
+    metrics: &Metrics,
     dlogprobs: &mut [f32],
-) -> Result<FbOutput, TrainError> {
+) -> Result<PassOutput, TrainError> {
+    let LossPiece { seqs, data, targets, loss, first_datum } = piece;
     let k_batch = batch.k;
     assert_eq!(fwd.logprobs.len(), batch.num_tokens() * k_batch, "forward logprobs are (T, k)");
     assert_eq!(dlogprobs.len(), fwd.logprobs.len(), "dlogprobs are (T, k)");
     assert_eq!(seqs.len(), data.len(), "one sequence per datum");
-    let mut output = FbOutput { logprobs: Vec::new(), elementwise_loss: Vec::new(), metrics: BTreeMap::new() };
-    let mut metrics = Metrics::default();
+    let mut output =
+        PassOutput { logprobs: Vec::new(), elementwise_loss: Vec::new(), metrics: metrics.clone(), moe: Vec::new() };
     let mut grads = Vec::with_capacity(data.len());
-    for (datum, ((d, t), seq)) in data.iter().zip(targets).zip(seqs.clone()).enumerate() {
+    for (datum, ((d, t), seq)) in (*first_datum..).zip(data.iter().zip(targets.iter()).zip(seqs.clone())) {
         let rows = batch.seq_range(seq);
         assert_eq!(rows.len(), t.n);
         let mut lp = Vec::with_capacity(t.n * t.k); // (n, k)
@@ -294,27 +432,17 @@ fn loss_pass(
         }
         let DatumLoss { elementwise, dlogprobs: dlp, metrics: m, .. } = loss.compute(datum, &lp, &d.loss_fn_inputs)?;
         grads.push((rows, dlp));
-        metrics.merge(&m);
+        output.metrics.merge(&m);
         output.logprobs.push(lp);
         output.elementwise_loss.push(elementwise);
     }
     // Written only once every datum's loss succeeded, so a failed run leaves its rows at zero.
-    for ((rows, dlp), t) in grads.into_iter().zip(targets) {
+    for ((rows, dlp), t) in grads.into_iter().zip(targets.iter()) {
         for (i, row) in rows.enumerate() {
             dlogprobs[row * k_batch..row * k_batch + t.k].copy_from_slice(&dlp[i * t.k..(i + 1) * t.k]);
         }
     }
-    output.metrics = metrics.finish();
-    // Load balance of every sparse MoE layer: the busiest and idlest expert's share of this run's
-    // T·k routing assignments (1/E each when perfectly balanced). Reported, never enforced.
-    let rows = batch.cu_seqlens[seqs.start]..batch.cu_seqlens[seqs.end];
-    for (layer, fractions) in fwd.moe_expert_fractions_of(rows) {
-        let max = fractions.iter().copied().fold(0.0f32, f32::max);
-        let min = fractions.iter().copied().fold(1.0f32, f32::min);
-        output.metrics.insert(format!("moe_layer{layer}_expert_frac_max:max"), f64::from(max));
-        output.metrics.insert(format!("moe_layer{layer}_expert_frac_min:min"), f64::from(min));
-    }
-    assert!(output.metrics.contains_key("loss:sum"), "every loss reports loss:sum");
+    output.moe = fwd.moe_expert_counts_of(batch.cu_seqlens[seqs.start]..batch.cu_seqlens[seqs.end]);
     Ok(output)
 }
 

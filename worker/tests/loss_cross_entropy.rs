@@ -83,13 +83,34 @@ fn gradient_matches_finite_differences_of_the_loss_value() {
     }
 }
 
+/// The SDK's own `forward_backward` example sends `target_tokens` alone: absent weights must mean
+/// a weight of 1 on every target cell, so the result must equal, bit for bit, the one for
+/// explicit all-ones weights, for 1-D and `(N, K)` targets alike.
 #[test]
-fn missing_or_misshapen_weights_name_the_key_and_datum() {
-    let lp = [-0.5f32, -1.0];
-    let no_weights = inputs(vec![("target_tokens", LossInput::vector_i64(vec![1, 2]))]);
-    let err = ce().compute(5, &lp, &no_weights).unwrap_err();
-    assert!(matches!(&err, LossInputError::Missing { datum: 5, key, .. } if key == "weights"), "{err}");
+fn absent_weights_give_exactly_what_all_ones_weights_give() {
+    let lp = [-0.5f32, -1.25, -2.0, -0.125, -3.5, -0.75];
+    let cases = [
+        (LossInput::vector_i64(vec![1, 2, 3, 4, 5, 6]), LossInput::vector_f32(vec![1.0; 6])),
+        (
+            LossInput::new(vec![3, 2], LossValues::I64(vec![1, 2, 3, 4, 5, 6])).unwrap(),
+            LossInput::new(vec![3, 2], LossValues::F32(vec![1.0; 6])).unwrap(),
+        ),
+    ];
+    for (targets, ones) in cases {
+        let without = inputs(vec![("target_tokens", targets.clone())]);
+        let with = inputs(vec![("target_tokens", targets), ("weights", ones)]);
+        let (a, b) = (ce().compute(3, &lp, &without).unwrap(), ce().compute(3, &lp, &with).unwrap());
+        assert_eq!(a.loss.to_bits(), b.loss.to_bits());
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a.elementwise), bits(&b.elementwise));
+        assert_eq!(bits(&a.dlogprobs), bits(&b.dlogprobs));
+        assert_eq!(a.metrics, b.metrics, "weights:sum counts the implied ones too");
+    }
+}
 
+#[test]
+fn misshapen_or_non_finite_weights_name_the_key_and_datum() {
+    let lp = [-0.5f32, -1.0];
     let short = inputs(vec![
         ("target_tokens", LossInput::vector_i64(vec![1, 2])),
         ("weights", LossInput::vector_f32(vec![1.0])),

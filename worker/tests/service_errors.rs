@@ -93,8 +93,9 @@ fn bad_training_inputs_name_the_field_or_datum_and_leave_the_run_unchanged() {
     data[2].tokens[1] = 9999;
     user_error(call(&mut svc, fwd(data, "cross_entropy", BTreeMap::new())), &["datum 2", "9999"]);
     let mut data = batch();
-    data[1].loss_fn_inputs.remove("weights");
-    user_error(call(&mut svc, fwd(data, "cross_entropy", BTreeMap::new())), &["datum 1", "weights"]);
+    let stray = data[1].loss_fn_inputs["weights"].clone();
+    data[1].loss_fn_inputs.insert("advantages".into(), stray);
+    user_error(call(&mut svc, fwd(data, "cross_entropy", BTreeMap::new())), &["datum 1", "advantages"]);
     let mut data = batch();
     data[3].loss_fn_inputs.get_mut("weights").unwrap().shape = vec![99];
     user_error(call(&mut svc, fwd(data, "cross_entropy", BTreeMap::new())), &["datum 3", "weights"]);

@@ -82,8 +82,10 @@ fn a_batched_step_answers_each_item_as_if_it_came_alone() {
 }
 
 /// A step's activations count against the memory budget while it runs: a request too big for
-/// what is free is refused as a user error (nothing changes), and items that fit alone but not
-/// together run in separate passes with the same results.
+/// what is free runs split (its datums in several passes, with the answer of one pass, as
+/// `service_split` checks in detail), a datum too big on its own is refused as a user error
+/// (nothing changes), and items that fit alone but not together run in separate passes with the
+/// same results.
 #[test]
 fn steps_beyond_the_free_budget_are_split_or_refused_before_they_run() {
     let per_token = served(DENSE, false).model.step_bytes_per_token(4);
@@ -97,17 +99,30 @@ fn steps_beyond_the_free_budget_are_split_or_refused_before_they_run() {
         svc
     };
     let mut reference = unlimited();
-    // Room for the activations of 30 tokens next to the base model and the two runs.
+    // Room for the activations of 30 tokens next to the base model and the two runs, plus a copy
+    // of one run's gradients (what a split forward_backward holds while it runs).
     let used = reference.memory_report().used_bytes;
-    let mut tight = unlimited().with_memory_budget(Some(used + 30 * per_token));
-    assert_eq!(tight.memory_report().free_bytes, Some(30 * per_token));
+    let grads = reference.memory_report().runs["a"].gradient_bytes;
+    let mut tight = unlimited().with_memory_budget(Some(used + grads + 30 * per_token));
+    let before = tight.memory_report();
 
-    // 4 datums × 11 tokens = 44 > 30: refused, and run a is untouched.
+    // 4 datums × 11 tokens = 44 > 30: run as passes of 2 datums, answered as if in one.
     let big = (0..4).map(|i| ce_datum(&ids(12, 200 + i))).collect::<Vec<_>>();
-    let reply = single(&mut tight, &item("a", big, false));
-    let (category, message) = failure(reply);
+    let reply = single(&mut tight, &item("a", big.clone(), false));
+    assert!(matches!(reply, FromWorker::ForwardBackward(_)), "{reply:?}");
+    assert_eq!(reply, single(&mut reference, &item("a", big, false)));
+
+    // A 31-token datum cannot be split: refused, naming it, and run a is untouched.
+    let mut data = (0..2).map(|i| ce_datum(&ids(12, 250 + i))).collect::<Vec<_>>();
+    data.push(ce_datum(&ids(32, 260)));
+    let state = tight.train_state("a").unwrap().clone();
+    let (category, message) = failure(single(&mut tight, &item("a", data, false)));
     assert_eq!(category, ErrorCategory::User, "{message}");
-    assert!(message.contains("44 tokens") && message.contains("activations") && message.contains("split"), "{message}");
+    for needle in ["datum 2 ", "31 tokens", "activations", "never split", "shorten the datum"] {
+        assert!(message.contains(needle), "`{message}` does not mention `{needle}`");
+    }
+    assert_eq!(tight.train_state("a").unwrap(), &state, "a refused request changes nothing");
+    assert_eq!(tight.memory_report(), before);
 
     // 2 × 11 tokens each: one run's 22 fit, both together (44) do not: two passes, same answers.
     let eleven = |seed: u64| (0..2).map(|i| ce_datum(&ids(12, seed + i))).collect::<Vec<_>>();

@@ -53,7 +53,7 @@ fn two_dimensional_targets_come_back_as_two_dimensional_logprobs() {
         ("target_tokens".to_string(), Tensor { shape: vec![5, 2], values: TensorValues::I64(targets) }),
         ("weights".to_string(), Tensor { shape: vec![5, 2], values: TensorValues::F32(vec![0.5; 10]) }),
     ]);
-    let r = fb(&mut svc, "r", vec![Datum { tokens, loss_fn_inputs: inputs }], "cross_entropy", false);
+    let r = fb(&mut svc, "r", vec![Datum { tokens, loss_fn_inputs: inputs, provenance: None }], "cross_entropy", false);
     assert_eq!(r.outputs[0].logprobs.shape, vec![5, 2]);
     assert_eq!(r.outputs[0].elementwise_loss.shape, vec![5]);
     let TensorValues::F32(lp) = &r.outputs[0].logprobs.values else { panic!("float32 logprobs") };
@@ -82,7 +82,7 @@ fn rl_losses_with_the_models_own_logprobs_give_minus_the_sum_of_advantages() {
                     ("logprobs".to_string(), o.logprobs.clone()),
                     ("advantages".to_string(), f32s(adv)),
                 ]);
-                Datum { tokens: d.tokens.clone(), loss_fn_inputs: inputs }
+                Datum { tokens: d.tokens.clone(), loss_fn_inputs: inputs, provenance: None }
             })
             .collect();
         let r = fb(&mut svc, "r", rl, loss, false);

@@ -160,6 +160,26 @@ fn a_few_optimizer_steps_lower_a_supervised_loss() {
     assert!(losses.windows(2).all(|w| w[1] < w[0]), "loss did not fall at every step: {losses:?}");
 }
 
+/// A cross_entropy request without `weights` (as the SDK's docstring example sends it) trains
+/// exactly like one with all-ones weights: same logprobs, loss and gradients, bit for bit.
+#[test]
+fn cross_entropy_without_weights_trains_exactly_like_all_ones_weights() {
+    let (model, fresh) = setup("tiny/llama3");
+    let with = vec![ce_datum(8, 7, vec![1.0; 8]), soft_datum(5, 9, vec![1.0; 10])];
+    let mut without = with.clone();
+    without.iter_mut().for_each(|d| assert!(d.loss_fn_inputs.remove("weights").is_some()));
+    let (mut a, mut b) = (fresh.clone(), fresh);
+    let (out_a, out_b) =
+        (a.forward_backward(&model, &with, &ce()).unwrap(), b.forward_backward(&model, &without, &ce()).unwrap());
+    assert_eq!(out_a, out_b);
+    assert_eq!(out_a.metrics["loss:sum"].to_bits(), out_b.metrics["loss:sum"].to_bits());
+    let bits = |s: &TrainState| {
+        s.grads.sites.values().flat_map(|p| p.a.iter().chain(&p.b)).map(|x| x.to_bits()).collect::<Vec<_>>()
+    };
+    assert!(bits(&a).iter().any(|&x| x != 0), "the request produced gradients");
+    assert_eq!(bits(&a), bits(&b));
+}
+
 #[test]
 fn rl_losses_run_through_the_same_glue() {
     let (model, mut state) = setup("tiny/llama3");
@@ -189,9 +209,9 @@ fn bad_requests_name_the_datum_and_leave_the_state_untouched() {
     assert!(matches!(err, TrainError::TargetOutOfVocab { datum: 1, index: 0, token: 600, vocab: 512 }), "{err}");
 
     let mut data = request();
-    data[2].loss_fn_inputs.remove("weights");
+    data[2].loss_fn_inputs.insert("weights".into(), LossInput::vector_f32(vec![1.0]));
     let err = state.forward_backward(&model, &data, &ce()).unwrap_err();
-    assert!(matches!(&err, TrainError::Input(LossInputError::Missing { datum: 2, .. })), "{err}");
+    assert!(matches!(&err, TrainError::Input(LossInputError::Shape { datum: 2, .. })), "{err}");
 
     let mut data = request();
     data[0].tokens.push(3);

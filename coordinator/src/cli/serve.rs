@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// Default: 90% of MemTotal in /proc/meminfo (no budget where that cannot be read).
     #[arg(long)]
     pub memory_bytes_max: Option<u64>,
+    /// Most unfinished forward_backward + sample requests per base model; beyond it new ones get 429
+    /// with retry-after (the SDK backs off and retries).
+    #[arg(long)]
+    pub queue_limit: Option<usize>,
     /// Log lines as human-readable text or as one JSON object per line (for log shippers). Every
     /// line names the ids involved: tenant, session, run, sampler, request, generation.
     #[arg(long, value_enum, default_value = "text")]
@@ -123,6 +127,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         data_dir,
         api_keys: args.api_keys.clone(),
         public_url: args.public_url.clone(),
+        queue_limit: args.queue_limit,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -81,6 +81,58 @@ fn check_forward_backward(info: Option<&BaseModelInfo>, req: &WireFbRequest) -> 
     Ok(())
 }
 
+/// Checks that every sequence a datum's provenance spans name is one this tenant sampled here:
+/// `<sample request id>:<i>` with `i` below the request's sample count and, once sampled, each
+/// sampled span within that sequence's tokens.
+fn check_provenance(
+    futures: &super::futures::Futures,
+    tenant: &TenantId,
+    data: &[runtime::control::Datum],
+) -> Result<(), String> {
+    use runtime::control::SpanSource;
+    for (i, d) in data.iter().enumerate() {
+        let Some(p) = &d.provenance else { continue };
+        runtime::wire::spans::validate(d).map_err(|e| format!("data[{i}].{e}"))?;
+        for (field, spans) in [("model_input_spans", &p.model_input), ("loss_fn_input_spans", &p.loss_fn_inputs)] {
+            for (j, span) in spans.iter().enumerate() {
+                let at = format!("data[{i}].{field}[{j}].sequence_id {:?}", span.sequence_id);
+                let unknown = || {
+                    format!(
+                        "{at} is not a sequence this tenant sampled here (sample_sequence_ids look like \
+                         <request id>:<n>, and a sample's results are kept 10 minutes after they are fetched)"
+                    )
+                };
+                let (request, n) = span.sequence_id.rsplit_once(':').ok_or_else(unknown)?;
+                let n: usize = n.parse().map_err(|_| unknown())?;
+                match futures.outcome_of(tenant.as_str(), request) {
+                    None => return Err(unknown()),
+                    Some(Some(super::futures::Outcome::Sample(r))) => {
+                        let seq = r
+                            .sequences
+                            .get(n)
+                            .ok_or_else(|| format!("{at}: that request sampled {} sequences", r.sequences.len()))?;
+                        if span.source == SpanSource::Sampled && span.offset + span.length > seq.tokens.len() as u64 {
+                            return Err(format!(
+                                "{at}: offset {} + length {} is past its {} sampled tokens",
+                                span.offset,
+                                span.length,
+                                seq.tokens.len()
+                            ));
+                        }
+                    }
+                    Some(Some(super::futures::Outcome::Failed { .. })) => {
+                        return Err(format!("{at} names a sample request that failed"))
+                    }
+                    Some(Some(_)) => return Err(unknown()),
+                    // Still sampling: nothing to compare the lengths with yet.
+                    Some(None) => {}
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 impl CoordinatorCore {
     pub(super) fn on_api(
         &mut self,
@@ -373,6 +425,7 @@ impl CoordinatorCore {
             SequencedBody::ForwardBackward(req) => {
                 let req = req?;
                 check_forward_backward(self.config.models.get(&run.base_model), &req)?;
+                check_provenance(&self.futures, tenant, &req.data)?;
                 Ok(Action::ForwardBackward {
                     data: req.data,
                     loss_fn: req.loss_fn,
@@ -474,7 +527,10 @@ impl CoordinatorCore {
             )));
         }
         let is_step = matches!(body, SequencedBody::ForwardBackward(_));
-        if is_step {
+        // The request that fills the run's gap is never refused: held requests above it count
+        // against the limit and could otherwise never drain.
+        let fills_gap = live.sequencer.held_count() > 0 && seq_id == live.sequencer.next_seq_id();
+        if is_step && !fills_gap {
             self.check_queue_limit(&record.base_model)?;
         }
         let action = self.sequenced_action(tenant, &record, seq_id, body).unwrap_or_else(Action::Reject);

@@ -125,6 +125,11 @@ impl Futures {
         ids
     }
 
+    /// A request of `tenant` (None: unknown to this tenant), with its outcome once it has one.
+    pub fn outcome_of(&self, tenant: &str, request_id: &str) -> Option<Option<&Outcome>> {
+        self.entries.get(request_id).filter(|e| e.tenant == tenant).map(|e| e.outcome.as_ref())
+    }
+
     /// Whether a request has a result.
     pub fn is_done(&self, request_id: &str) -> bool {
         self.entries.get(request_id).is_some_and(|e| e.outcome.is_some())

@@ -154,6 +154,7 @@ fn datum(tokens: &[u32]) -> Datum {
             "target_tokens".to_string(),
             Tensor { shape: vec![n], values: TensorValues::I64(targets) },
         )]),
+        provenance: None,
     }
 }
 
@@ -436,6 +437,21 @@ fn beyond_the_queue_limit_new_work_is_refused_with_retry_after_and_nothing_is_lo
     }
     let again = s.api(5, "alice", fb(&model, 4, &[1]));
     assert!(s.json(again)["request_id"].is_string());
+    // Requests held behind a gap count against the limit, but the one filling the gap is never
+    // refused (else the held ones could never drain).
+    let held: Vec<u64> = [7, 8].iter().map(|&seq| s.api(6, "alice", fb(&model, seq, &[1]))).collect();
+    let over = s.api(6, "alice", fb(&model, 9, &[1]));
+    assert!(matches!(s.error(over), CoordinatorError::Busy { .. }));
+    for seq in [5, 6] {
+        let gap = s.api(6, "alice", fb(&model, seq, &[1]));
+        assert!(s.json(gap)["request_id"].is_string(), "seq {seq} fills the gap: accepted over the limit");
+    }
+    while !s.sent.is_empty() {
+        s.worker(7, echo);
+    }
+    for r in held {
+        assert!(s.json(r)["request_id"].is_string());
+    }
     for r in ok {
         assert!(s.json(r)["request_id"].is_string());
     }
@@ -577,4 +593,127 @@ fn ephemeral_samplers_beyond_the_resident_limit_are_freed_and_rebuilt_on_use() {
     }
     assert!(saw_sample, "the sample ran once its sampler was back");
     assert!(s.core.resident_samplers() <= 2);
+}
+
+#[test]
+fn provenance_spans_must_name_sequences_this_tenant_sampled() {
+    use runtime::control::{Provenance, ProvenanceSpan, SpanSource};
+    let mut s = Script::new();
+    let session = s.session(0, "alice");
+    let (model, _) = s.create(1, "alice", &session, 0);
+    s.worker(2, echo);
+    let sampler = s.api(
+        3,
+        "alice",
+        ApiRequest::CreateSampler {
+            session: session.clone(),
+            sampling_session_seq_id: 0,
+            model_path: None,
+            base_model: Some("tiny/llama3".into()),
+        },
+    );
+    s.worker(4, echo);
+    let sampler = s.json(sampler)["sampling_session_id"].as_str().unwrap().to_string();
+    let req: super::sampling::SampleRequestJson = serde_json::from_value(json!({
+        "sampling_session_id": sampler, "seq_id": 1, "num_samples": 2,
+        "prompt": {"chunks": [{"type": "encoded_text", "tokens": [1, 2]}]},
+        "sampling_params": {"max_tokens": 3, "temperature": 0.0}
+    }))
+    .unwrap();
+    let r = s.api(5, "alice", ApiRequest::Sample { request: Box::new(req), idempotency_key: None });
+    let ids: Vec<String> =
+        s.json(r)["sample_sequence_ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    s.worker(6, |_| {
+        let seq = runtime::control::SampledSequence {
+            tokens: vec![5, 6, 7],
+            logprobs: vec![-0.1; 3],
+            stop_reason: runtime::control::StopReason::Length,
+            topk_logprobs: None,
+        };
+        FromWorker::Sampled(runtime::control::SampleResult {
+            sequences: vec![seq.clone(), seq],
+            prompt_logprobs: None,
+            topk_prompt_logprobs: None,
+        })
+    });
+    // A datum of 4 tokens: 2 from the prompt of sequence 1, 2 sampled; targets likewise.
+    let with_spans = |sequence: &str, sampled_offset: u64| {
+        let span =
+            |source, offset, length| ProvenanceSpan { source, sequence_id: sequence.to_string(), offset, length };
+        let tiling = vec![span(SpanSource::Prompt, 0, 2), span(SpanSource::Sampled, sampled_offset, 2)];
+        let mut d = datum(&[1, 2, 5, 6]);
+        d.provenance = Some(Provenance { model_input: tiling.clone(), loss_fn_inputs: tiling });
+        d
+    };
+    let fb_with = |seq: i64, d: Datum| {
+        let req = runtime::wire::FbRequest {
+            model_id: model.clone(),
+            seq_id: seq as i32,
+            data: vec![d],
+            loss_fn: "cross_entropy".into(),
+            loss_config: BTreeMap::new(),
+            loss_config_text: BTreeMap::new(),
+            forward_only: false,
+        };
+        ApiRequest::Sequenced {
+            model_id: model.clone(),
+            seq_id: seq,
+            idempotency_key: None,
+            body: SequencedBody::ForwardBackward(Ok(req)),
+        }
+    };
+    let cases = [
+        (with_spans(&ids[1], 0), None),
+        (with_spans("req-nope-1:0", 0), Some("is not a sequence this tenant sampled")),
+        (with_spans(&format!("{}:2", ids[0].rsplit_once(':').unwrap().0), 0), Some("sampled 2 sequences")),
+        (with_spans(&ids[0], 2), Some("past its 3 sampled tokens")),
+    ];
+    for (i, (d, refusal)) in cases.into_iter().enumerate() {
+        let seq = i as i64 + 1;
+        let r = s.api(10, "alice", fb_with(seq, d));
+        let id = s.json(r)["request_id"].as_str().unwrap().to_string();
+        while !s.sent.is_empty() {
+            s.worker(11, echo);
+        }
+        let poll = s.retrieve(12, "alice", &id);
+        match (refusal, &s.replies[&poll]) {
+            (None, Ok(Answer::Outcome(Outcome::ForwardBackward(_)))) => {}
+            (Some(why), Ok(Answer::Outcome(Outcome::Failed { category: ErrorCategory::User, message }))) => {
+                assert!(message.contains(why), "case {i}: {message}");
+            }
+            (_, other) => panic!("case {i}: {other:?}"),
+        }
+    }
+    // Another tenant cannot name alice's sequences.
+    let bob = s.session(20, "bob");
+    let (bob_model, _) = s.create(21, "bob", &bob, 0);
+    s.worker(22, echo);
+    let mut d = with_spans(&ids[0], 0);
+    d.tokens = vec![1, 2, 5, 6];
+    let req = runtime::wire::FbRequest {
+        model_id: bob_model.clone(),
+        seq_id: 1,
+        data: vec![d],
+        loss_fn: "cross_entropy".into(),
+        loss_config: BTreeMap::new(),
+        loss_config_text: BTreeMap::new(),
+        forward_only: false,
+    };
+    let r = s.api(
+        23,
+        "bob",
+        ApiRequest::Sequenced {
+            model_id: bob_model,
+            seq_id: 1,
+            idempotency_key: None,
+            body: SequencedBody::ForwardBackward(Ok(req)),
+        },
+    );
+    let id = s.json(r)["request_id"].as_str().unwrap().to_string();
+    let poll = s.retrieve(24, "bob", &id);
+    assert!(
+        matches!(&s.replies[&poll], Ok(Answer::Outcome(Outcome::Failed { category: ErrorCategory::User, message })) if message.contains("not a sequence this tenant sampled")),
+        "{:?}",
+        s.replies[&poll]
+    );
 }

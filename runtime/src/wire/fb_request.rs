@@ -1,6 +1,7 @@
 //! Decoding a protobuf `ForwardBackwardRequest` into the control types: model input chunks to one
 //! token list, loss inputs to control tensors, and the two loss-config maps merged (the SDK writes
 //! numbers into both `loss_fn_config` and `loss_fn_config_v2`, strings only into v2; v2 wins).
+//! Provenance spans are kept on the datum once their tiling checks out (`spans`).
 
 use std::collections::BTreeMap;
 
@@ -9,9 +10,9 @@ use prost::Message;
 use crate::control::{Datum, TensorValues};
 
 use super::error::{Problem, RequestAt, WireError};
-use super::le;
 use super::proto::{self, chunk::Chunk, loss_config_value::Value};
 use super::tensor::tensor_from_proto;
+use super::{le, spans};
 
 /// A decoded `forward_backward` (or, with `forward_only`, `forward`) request.
 #[derive(Clone, Debug, PartialEq)]
@@ -51,11 +52,7 @@ pub fn decode_forward_backward(body: &[u8]) -> Result<FbRequest, WireError> {
 }
 
 fn datum_from_proto(at: &RequestAt, index: usize, msg: &proto::Datum) -> Result<Datum, WireError> {
-    if !msg.model_input_spans.is_empty() || !msg.loss_fn_input_spans.is_empty() {
-        let field = if msg.model_input_spans.is_empty() { "loss_fn_input_spans" } else { "model_input_spans" };
-        let problem = Problem::new("is set, but lathe does not support provenance spans; send the datum without them");
-        return Err(at.invalid(format!("data[{index}].{field}"), problem));
-    }
+    let in_datum = |(field, problem): (String, Problem)| at.invalid(format!("data[{index}].{field}"), problem);
     let mut tokens = Vec::new();
     for (c, chunk) in msg.model_input.iter().enumerate() {
         let chunk_tokens = chunk_tokens(chunk).map_err(|p| at.invalid(format!("data[{index}].model_input[{c}]"), p))?;
@@ -73,7 +70,10 @@ fn datum_from_proto(at: &RequestAt, index: usize, msg: &proto::Datum) -> Result<
         }
         loss_fn_inputs.insert(name.clone(), tensor);
     }
-    Ok(Datum { tokens, loss_fn_inputs })
+    let provenance = spans::from_proto(&msg.model_input_spans, &msg.loss_fn_input_spans).map_err(in_datum)?;
+    let datum = Datum { tokens, loss_fn_inputs, provenance };
+    spans::check(&datum).map_err(in_datum)?;
+    Ok(datum)
 }
 
 fn chunk_tokens(chunk: &proto::Chunk) -> Result<Vec<u32>, Problem> {
@@ -220,12 +220,49 @@ mod tests {
         assert!(decode_error(&request(vec![])).contains("data is empty"));
     }
 
+    fn sampled(id: &str, offset: i64, length: i64) -> proto::ProvenanceSpan {
+        let span = proto::SampledProvenanceSpan { sequence_id: id.to_owned(), offset, length };
+        proto::ProvenanceSpan { span: Some(proto::provenance_span::Span::SampledTokens(span)) }
+    }
+
     #[test]
-    fn provenance_spans_are_rejected_rather_than_ignored() {
+    fn provenance_spans_are_kept_on_the_datum_once_they_tile_it() {
+        let d = proto::Datum {
+            model_input_spans: vec![sampled("s-1", 0, 1), sampled("s-2", 4, 1)],
+            loss_fn_input_spans: vec![sampled("s-2", 5, 2)],
+            ..datum(&[1, 2], &[2, 3])
+        };
+        let decoded = decode_forward_backward(&request(vec![datum(&[1], &[2]), d]).encode_to_vec()).unwrap();
+        assert_eq!(decoded.data[0].provenance, None);
+        let p = decoded.data[1].provenance.as_ref().unwrap();
+        assert_eq!(
+            p.model_input.iter().map(|s| (s.sequence_id.as_str(), s.offset)).collect::<Vec<_>>(),
+            [("s-1", 0), ("s-2", 4)]
+        );
+        assert_eq!(p.loss_fn_inputs[0].length, 2);
+    }
+
+    #[test]
+    fn provenance_spans_that_do_not_tile_or_are_malformed_are_rejected_by_position() {
+        let d = proto::Datum {
+            model_input_spans: vec![sampled("s-1", 0, 1)],
+            loss_fn_input_spans: vec![sampled("s-1", 0, 2)],
+            ..datum(&[1, 2], &[2, 3])
+        };
+        let message = decode_error(&request(vec![d]));
+        assert!(
+            message.ends_with(
+                "data[0].model_input_spans cover 1 positions but model_input has 2 tokens; the spans must tile it exactly"
+            ),
+            "{message}"
+        );
         let span = proto::ProvenanceSpan { span: None };
         let d = proto::Datum { loss_fn_input_spans: vec![span], ..datum(&[1], &[2]) };
         let message = decode_error(&request(vec![d]));
-        assert!(message.contains("data[0].loss_fn_input_spans is set, but lathe does not support provenance spans"));
+        assert!(message.contains("data[0].loss_fn_input_spans[0] has neither prompt_tokens nor sampled_tokens"));
+        let d = proto::Datum { loss_fn_input_spans: vec![sampled("s", 0, 1)], ..datum(&[1], &[2]) };
+        let message = decode_error(&request(vec![d]));
+        assert!(message.contains("data[0].model_input_spans is empty but loss_fn_input_spans is set"), "{message}");
     }
 
     #[test]

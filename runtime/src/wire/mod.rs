@@ -13,6 +13,7 @@ mod fb_request;
 mod le;
 pub mod proto;
 mod sample_response;
+pub mod spans;
 mod tensor;
 
 pub use compress::maybe_decompress;

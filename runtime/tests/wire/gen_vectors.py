@@ -314,6 +314,83 @@ def vector_zstd(out: dict, vectors: dict) -> None:
     vectors["fb_zstd.zst"]["decompressed_len"] = len(plain)
 
 
+def expect_spans(spans) -> list[dict]:
+    return [
+        {
+            "source": "prompt" if isinstance(s, types.PromptProvenanceSpan) else "sampled",
+            "sequence_id": s.sequence_id,
+            "offset": s.offset,
+            "length": s.length,
+        }
+        for s in spans
+    ]
+
+
+def vector_provenance(out: dict, vectors: dict) -> None:
+    # Datum 0 is what tinker-cookbook's rl_loop sends (recipes/rl_loop.py, with_sampled_provenance):
+    # sequence "seq-7" sampled 3 tokens after a 3-token prompt; the input is the prompt and the
+    # first 2 sampled tokens, the targets the prompt from its second token and all 3 sampled.
+    prompt, sampled = [5, 6, 7], [8, 9, 10]
+    full = prompt + sampled
+    rl_inputs = {"target_tokens": full[1:], "logprobs": [0.0, 0.0, -0.5, -0.25, -1.5], "advantages": [0.0, 0.0, 1.0, 1.0, 1.0]}
+    d0_inputs = (
+        [types.PromptProvenanceSpan(sequence_id="seq-7", length=3), types.SampledProvenanceSpan(sequence_id="seq-7", length=2)],
+        [
+            types.PromptProvenanceSpan(sequence_id="seq-7", offset=1, length=2),
+            types.SampledProvenanceSpan(sequence_id="seq-7", length=3),
+        ],
+    )
+    d0 = types.Datum(model_input=types.ModelInput.from_ints(full[:-1]), loss_fn_inputs=dict(rl_inputs)).with_provenance(
+        model_input=d0_inputs[0], loss_fn_inputs=d0_inputs[1]
+    )
+    # Datum 1: no provenance, next to datums that have it.
+    d1 = types.Datum(model_input=types.ModelInput.from_ints(full[:-1]), loss_fn_inputs=dict(rl_inputs))
+    # Datum 2: two turns as rl/data_processing.py builds them (observation 2 tokens, action 2, then
+    # a 1-token observation delta at offset 4 of the second request's prompt and its 2-token
+    # action), plus a zero-length sampled run, which the SDK allows.
+    d2_spans = (
+        [
+            types.PromptProvenanceSpan(sequence_id="a", length=2),
+            types.SampledProvenanceSpan(sequence_id="a", length=2),
+            types.PromptProvenanceSpan(sequence_id="b", offset=4, length=1),
+            types.SampledProvenanceSpan(sequence_id="c", offset=0, length=0),
+            types.SampledProvenanceSpan(sequence_id="b", length=1),
+        ],
+        [
+            types.PromptProvenanceSpan(sequence_id="a", offset=1, length=1),
+            types.SampledProvenanceSpan(sequence_id="a", length=2),
+            types.PromptProvenanceSpan(sequence_id="b", offset=4, length=1),
+            types.SampledProvenanceSpan(sequence_id="b", length=2),
+        ],
+    )
+    two_turns = [1, 2, 3, 4, 5, 6, 7]
+    d2_inputs = {"target_tokens": two_turns[1:], "logprobs": [0.0, -1.0, -2.0, 0.0, -0.5, -0.75], "advantages": [0.0, 0.5, 0.5, 0.0, 0.5, 0.5]}
+    d2 = types.Datum(model_input=types.ModelInput.from_ints(two_turns[:-1]), loss_fn_inputs=dict(d2_inputs)).with_provenance(
+        model_input=d2_spans[0], loss_fn_inputs=d2_spans[1]
+    )
+    out["fb_provenance.bin"] = sdk_forward_backward_body("sess-4:train:0", 3, [d0, d1, d2], "importance_sampling")
+
+    def expect_rl(tokens, inputs, spans):
+        datum = {
+            "tokens": tokens,
+            "loss_fn_inputs": {
+                k: expect_tensor("int64" if k == "target_tokens" else "float32", [len(v)], v) for k, v in inputs.items()
+            },
+        }
+        if spans is not None:
+            datum["provenance"] = {"model_input": expect_spans(spans[0]), "loss_fn_inputs": expect_spans(spans[1])}
+        return datum
+
+    vectors["fb_provenance.bin"] = expect_request(
+        "sess-4:train:0", 3, "importance_sampling", False, {}, {},
+        [
+            expect_rl(full[:-1], rl_inputs, d0_inputs),
+            expect_rl(full[:-1], rl_inputs, None),
+            expect_rl(two_turns[:-1], d2_inputs, d2_spans),
+        ],
+    )
+
+
 def error_vectors(out: dict, errors: dict) -> None:
     image = types.Datum(
         model_input=types.ModelInput(
@@ -341,6 +418,18 @@ def error_vectors(out: dict, errors: dict) -> None:
     errors["fb_negative_token.bin"] = {
         "seq": ["sess-1:train:0", 7],
         "contains": ["data[0].model_input[0]", "negative token id -1 at index 1"],
+    }
+    # Spans set through the constructor skip with_provenance's tiling check; the SDK sends them.
+    miscounted = types.Datum(
+        model_input=types.ModelInput.from_ints([1, 2, 3]),
+        loss_fn_inputs={"target_tokens": [2, 3, 4], "logprobs": [0.0] * 3, "advantages": [1.0] * 3},
+        model_input_spans=[types.SampledProvenanceSpan(sequence_id="s", length=2)],
+        loss_fn_input_spans=[types.SampledProvenanceSpan(sequence_id="s", length=3)],
+    )
+    out["fb_provenance_miscounted.bin"] = sdk_forward_backward_body("sess-1:train:0", 8, [ok, miscounted], "importance_sampling")
+    errors["fb_provenance_miscounted.bin"] = {
+        "seq": ["sess-1:train:0", 8],
+        "contains": ["data[1].model_input_spans", "cover 2 positions but model_input has 3 tokens"],
     }
 
 
@@ -426,6 +515,7 @@ def write_sdk_vectors() -> None:
     vector_sparse(out, vectors)
     vector_widened_dtypes(out, vectors)
     vector_zstd(out, vectors)
+    vector_provenance(out, vectors)
     error_vectors(out, errors)
     round_trip_vectors(out)
     for name, body in out.items():

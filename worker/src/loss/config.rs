@@ -21,7 +21,7 @@ pub struct Clip {
 /// sum over tokens (and, by the caller, over datums).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum LossFn {
-    /// `Σ -w·lp`, 1-D or `(N, K)` targets; weights any real numbers.
+    /// `Σ -w·lp`, 1-D or `(N, K)` targets; weights any real numbers, all ones when absent.
     CrossEntropy,
     /// `Σ -exp(lp - q)·A`.
     ImportanceSampling,

@@ -3,6 +3,12 @@
 //! metric contributions. The loss of a request is the plain **sum** over datums of these values
 //! (never a mean, never normalised by length).
 //!
+//! Optional inputs and their defaults: `weights` (every loss) is all ones when absent, which for
+//! `cross_entropy` is what the SDK's own example relies on; per-token `clip_low_threshold` /
+//! `clip_high_threshold` (ppo, cispo, gspo) fall back to the config's bounds. Everything else a
+//! loss reads is required (`gspo`'s `sequence_ratio_mask` and `dro`'s `beta` included: the
+//! protocol documents no default for them).
+//!
 //! Metrics (every loss reports `loss:sum`; "active" tokens are those with `A·w ≠ 0`, i.e. the
 //! ones the RL objective can move; means over no active token are omitted):
 //! - `cross_entropy`: `tokens:sum` (target positions), `weights:sum` (`Σ w` over all cells).
@@ -17,7 +23,9 @@
 //!
 //! A `:mean` here is token-weighted across the datums of one call (`sequence_ratio:mean`:
 //! datum-weighted). The SDK re-combines chunks' means weighted by datum count, so a chunked
-//! request's token-weighted means are approximate; sums and maxima combine exactly.
+//! request's token-weighted means are approximate; sums and maxima combine exactly. (A request
+//! the worker runs in several passes is not chunked in that sense: its [`Metrics`] keep their
+//! partial statistics from pass to pass, so every reduction comes out as in one pass.)
 //!
 //! Nothing here touches a model or a backend: only f32 logprobs in, f64 arithmetic, f32 out.
 

@@ -115,6 +115,19 @@ impl Forward {
         let moe = self.layers.iter().enumerate();
         moe.filter_map(|(l, a)| a.moe.as_ref().map(|m| (l, m.expert_fractions(rows.clone())))).collect()
     }
+
+    /// The counts behind [`Self::moe_expert_fractions_of`]: `(layer, assignments per expert (E),
+    /// all assignments)` of every sparse MoE layer over the token rows `rows`.
+    pub fn moe_expert_counts_of(&self, rows: std::ops::Range<usize>) -> Vec<(usize, Vec<usize>, usize)> {
+        let moe = self.layers.iter().enumerate();
+        moe.filter_map(|(l, a)| {
+            a.moe.as_ref().map(|m| {
+                let (counts, assignments) = m.expert_counts(rows.clone());
+                (l, counts, assignments)
+            })
+        })
+        .collect()
+    }
 }
 
 impl<B: kernels::Backend> super::Model<B> {

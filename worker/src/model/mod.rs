@@ -22,4 +22,5 @@ pub use batch::PackedBatch;
 pub use decode::KvCache;
 pub use dense::Model;
 pub use error::ModelError;
+pub(crate) use moe::expert_fractions;
 pub use tenants::Tenant;

@@ -89,13 +89,26 @@ impl MoeActs {
     /// The fraction of the `T·k` token-to-expert assignments of the token rows `rows` that each
     /// expert received `(E)`.
     pub fn expert_fractions(&self, rows: std::ops::Range<usize>) -> Vec<f32> {
+        let (counts, assignments) = self.expert_counts(rows);
+        expert_fractions(&counts, assignments)
+    }
+
+    /// How many of the token rows `rows`' assignments each expert received `(E)`, and how many
+    /// assignments those rows made (`rows · k`). Counts add across batches, so a request run as
+    /// several passes can still report the fractions of one pass exactly.
+    pub fn expert_counts(&self, rows: std::ops::Range<usize>) -> (Vec<usize>, usize) {
         let tokens = self.probs.len() / self.experts.len().max(1);
         let k = self.top_idx.len() / tokens.max(1);
-        let total = (rows.len() * k).max(1) as f32;
         let count =
             |e: &ExpertActs| e.rows.partition_point(|&r| r < rows.end) - e.rows.partition_point(|&r| r < rows.start);
-        self.experts.iter().map(|e| count(e) as f32 / total).collect()
+        (self.experts.iter().map(count).collect(), rows.len() * k)
     }
+}
+
+/// Each expert's share of `assignments` token-to-expert assignments, given its `counts (E)`.
+pub(crate) fn expert_fractions(counts: &[usize], assignments: usize) -> Vec<f32> {
+    let total = assignments.max(1) as f32;
+    counts.iter().map(|&c| c as f32 / total).collect()
 }
 
 /// The expert sites of layer `layer`, in slot order: gate, up, down.

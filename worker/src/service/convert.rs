@@ -14,8 +14,10 @@ use crate::train::{self, FbOutput};
 /// # Errors
 /// `ServiceError::TensorShape` naming the datum and key whose values do not fill its shape.
 pub(super) fn datum(index: usize, d: control::Datum) -> Result<train::Datum, ServiceError> {
+    // Provenance was checked by the coordinator and no loss of lathe reads it, so it stops here.
+    let control::Datum { tokens, loss_fn_inputs, provenance: _ } = d;
     let mut inputs = LossInputs::new();
-    for (key, tensor) in d.loss_fn_inputs {
+    for (key, tensor) in loss_fn_inputs {
         let values = match tensor.values {
             TensorValues::F32(v) => LossValues::F32(v),
             TensorValues::I64(v) => LossValues::I64(v),
@@ -27,7 +29,7 @@ pub(super) fn datum(index: usize, d: control::Datum) -> Result<train::Datum, Ser
         })?;
         inputs.insert(key, input);
     }
-    Ok(train::Datum { tokens: d.tokens, loss_fn_inputs: inputs })
+    Ok(train::Datum { tokens, loss_fn_inputs: inputs })
 }
 
 /// The per-datum outputs: `logprobs` shaped like each datum's `target_tokens`, `elementwise_loss`
@@ -67,7 +69,11 @@ mod tests {
     #[test]
     fn a_tensor_that_does_not_fill_its_shape_names_datum_and_key() {
         let bad = Tensor { shape: vec![3], values: TensorValues::F32(vec![1.0, 2.0]) };
-        let d = control::Datum { tokens: vec![1, 2, 3], loss_fn_inputs: BTreeMap::from([("weights".into(), bad)]) };
+        let d = control::Datum {
+            tokens: vec![1, 2, 3],
+            loss_fn_inputs: BTreeMap::from([("weights".into(), bad)]),
+            provenance: None,
+        };
         let err = datum(4, d).unwrap_err().to_string();
         assert!(err.contains("datum 4") && err.contains("weights"), "{err}");
     }
@@ -75,8 +81,11 @@ mod tests {
     #[test]
     fn logprobs_take_the_shape_of_their_target_tokens() {
         let targets = Tensor { shape: vec![2, 2], values: TensorValues::I64(vec![1, 2, 3, 4]) };
-        let d =
-            control::Datum { tokens: vec![5, 6], loss_fn_inputs: BTreeMap::from([("target_tokens".into(), targets)]) };
+        let d = control::Datum {
+            tokens: vec![5, 6],
+            loss_fn_inputs: BTreeMap::from([("target_tokens".into(), targets)]),
+            provenance: None,
+        };
         let data = vec![datum(0, d).unwrap()];
         let out = FbOutput {
             logprobs: vec![vec![-1.0, -2.0, -3.0, -4.0]],

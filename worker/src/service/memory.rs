@@ -70,8 +70,10 @@ pub enum Need {
     Run { action: &'static str, run: String, bytes: RunBytes },
     /// Sampler `sampler`'s frozen adapter copy.
     Sampler { sampler: String, adapter_bytes: u64 },
-    /// The transient activations of a forward(_backward) over `tokens` tokens (freed when it ends).
-    Step { run: String, tokens: usize, bytes: u64 },
+    /// The transient activations of datum `datum` of a forward(_backward), `tokens` tokens (freed
+    /// when it ends): requests run in as many passes as they need, but one datum is never split.
+    /// `gradient_copy_bytes`: the copy of the run's gradients held while its request runs split.
+    Step { run: String, datum: usize, tokens: usize, bytes: u64, gradient_copy_bytes: u64 },
 }
 
 impl Need {
@@ -79,7 +81,7 @@ impl Need {
         match self {
             Need::Run { bytes, .. } => bytes.total(),
             Need::Sampler { adapter_bytes, .. } => *adapter_bytes,
-            Need::Step { bytes, .. } => *bytes,
+            Need::Step { bytes, gradient_copy_bytes, .. } => bytes + gradient_copy_bytes,
         }
     }
 }
@@ -120,12 +122,23 @@ impl fmt::Display for BudgetRefusal {
             Need::Sampler { sampler, .. } => {
                 write!(f, "sampler `{sampler}` needs {} for its adapter copy", mib(needed))?;
             }
-            Need::Step { run, tokens, .. } => write!(
-                f,
-                "forward_backward of training run `{run}` over {tokens} tokens needs about {} for its activations \
-                 while it runs",
-                mib(needed)
-            )?,
+            Need::Step { run, datum, tokens, bytes, gradient_copy_bytes } => {
+                write!(
+                    f,
+                    "datum {datum} of a forward_backward of training run `{run}` has {tokens} tokens and needs about \
+                     {} for its activations while it runs",
+                    mib(*bytes)
+                )?;
+                if *gradient_copy_bytes > 0 {
+                    write!(
+                        f,
+                        ", plus {} for a copy of the run's gradients held while the request runs in several \
+                         passes, {} in all",
+                        mib(*gradient_copy_bytes),
+                        mib(needed)
+                    )?;
+                }
+            }
         }
         let used = self.used_bytes();
         write!(
@@ -140,7 +153,11 @@ impl fmt::Display for BudgetRefusal {
             mib(self.budget_bytes.saturating_sub(used)),
         )?;
         if matches!(self.need, Need::Step { .. }) {
-            write!(f, "; or send fewer or shorter datums per request (split the batch)")?;
+            // Say why splitting the request is not the fix: the worker already splits it.
+            write!(
+                f,
+                "; or shorten the datum (a request too big for one pass runs in several, but a datum is never split)"
+            )?;
         }
         if matches!(self.need, Need::Run { .. }) {
             write!(f, "; or use a smaller rank or train fewer modules (train_mlp, train_attn, train_unembed)")?;

@@ -94,6 +94,12 @@ impl WorkerService {
         self.generation
     }
 
+    /// Training run `run`'s state (adapter, accumulated gradients, Adam moments), read only: for
+    /// tests and tools that check what requests did to it.
+    pub fn train_state(&self, run: &str) -> Option<&TrainState> {
+        self.runs.get(run).map(|r| &r.state)
+    }
+
     /// What the coordinator advertises for each served model, in name order.
     pub fn model_infos(&self) -> Vec<BaseModelInfo> {
         self.models.values().map(|m| m.info.clone()).collect()

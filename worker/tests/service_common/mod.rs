@@ -83,7 +83,7 @@ pub fn i64s(values: &[u32]) -> Tensor {
 pub fn ce_datum(full: &[u32]) -> Datum {
     let n = full.len() - 1;
     let inputs = BTreeMap::from([("target_tokens".into(), i64s(&full[1..])), ("weights".into(), f32s(vec![1.0; n]))]);
-    Datum { tokens: full[..n].to_vec(), loss_fn_inputs: inputs }
+    Datum { tokens: full[..n].to_vec(), loss_fn_inputs: inputs, provenance: None }
 }
 
 /// Four seeded sequences of 12 tokens.
