@@ -33,3 +33,8 @@ LATHE_SDK_TINY_MODEL=tiny/qwen3-moe LATHE_BIN="$PWD/target/release/lathe" "$VENV
 # Crash tests: `lathe serve` SIGKILLed mid-training and restarted on the same data dir; the client loop
 # sees no exception and the final adapter equals a fault-free run's bit for bit. LATHE_CHAOS_TESTS=0 skips.
 LATHE_BIN="$PWD/target/release/lathe" "$VENV/bin/python" -m pytest chaos-tests/sdk -v -s -p no:cacheprovider
+# tinker-cookbook 0.6.1's math_rl recipe, unmodified, for 2 steps on SmolLM2 (offline; its own venv with
+# torch, created on first use). LATHE_COOKBOOK_TESTS=0 skips it.
+if [[ "${LATHE_COOKBOOK_TESTS:-1}" != "0" ]]; then
+    LATHE_BIN="$PWD/target/release/lathe" ./ops/cookbook/math_rl.sh
+fi

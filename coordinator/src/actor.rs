@@ -107,22 +107,71 @@ impl Actor for CoordinatorActor {
     }
 }
 
+/// The variant name of a value's Debug form, without formatting the rest (a request can hold
+/// megabytes of tokens).
+fn variant_name<T: std::fmt::Debug>(value: &T) -> String {
+    use std::fmt::Write;
+    /// Stops at the first character after the variant's name.
+    struct Head(String, bool);
+    impl Write for Head {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            if self.1 {
+                return Err(std::fmt::Error);
+            }
+            match s.find([' ', '{', '(']) {
+                Some(i) => {
+                    self.0.push_str(&s[..i]);
+                    self.1 = true;
+                    Err(std::fmt::Error)
+                }
+                None => {
+                    self.0.push_str(s);
+                    Ok(())
+                }
+            }
+        }
+    }
+    let mut head = Head(String::new(), false);
+    let _ = write!(head, "{value:?}");
+    head.0
+}
+
 fn body_kind(b: &runtime::control::ToWorker) -> String {
-    let text = format!("{b:?}");
-    text.split([' ', '{', '(']).next().unwrap_or("").to_string()
+    variant_name(b)
+}
+
+/// A short description of an event for log lines: its kind and the ids it names.
+fn describe(event: &Event) -> String {
+    match event {
+        Event::Api { reply, tenant, request } => {
+            let (session, run, sampler, request_id) = request.named_ids();
+            format!(
+                "api {} tenant={tenant} session={} run={} sampler={} request={} reply_to={}",
+                request_kind(request),
+                session.unwrap_or(""),
+                run.unwrap_or(""),
+                sampler.unwrap_or(""),
+                request_id.unwrap_or(""),
+                reply.0
+            )
+        }
+        Event::WorkerReplied { call, generation, reply } => {
+            format!("worker reply {} call={} generation={}", variant_name(reply), call.0, generation.0)
+        }
+        other => variant_name(other),
+    }
 }
 
 /// A short name of a request for log lines (the full body may hold megabytes of tokens).
 fn request_kind(r: &ApiRequest) -> String {
-    let text = format!("{r:?}");
-    text.split([' ', '{', '(']).next().unwrap_or("").to_string()
+    variant_name(r)
 }
 
 impl Shell {
     /// Runs one event through the core (catching a panic) and executes its commands.
     fn feed(&mut self, myself: &ActorRef<CoordinatorMsg>, event: Event, reply: Option<ReplyTo>) {
         let now = self.clock.now_ms();
-        let what = format!("{:.200}", format!("{event:?}"));
+        let what = describe(&event);
         let core = &mut self.core;
         let commands = match catch_unwind(AssertUnwindSafe(|| core.on_event(now, event))) {
             Ok(commands) => commands,
@@ -227,4 +276,18 @@ pub async fn ask(actor: &ActorRef<CoordinatorMsg>, tenant: TenantId, request: Ap
 /// Durable ops at start (before the actor runs), e.g. the new placement generation.
 pub fn meta_op(key: &str, value: String) -> StoreOp {
     StoreOp::PutMeta { key: key.to_string(), value }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variant_names_stop_before_the_fields() {
+        assert_eq!(variant_name(&ApiRequest::CreateSession), "CreateSession");
+        assert_eq!(variant_name(&ApiRequest::GetRun { run: "r".repeat(1000) }), "GetRun");
+        assert_eq!(variant_name(&runtime::control::ToWorker::Memory), "Memory");
+        let e = Event::Stored { ticket: crate::core::engine::Ticket(3), result: Ok(()) };
+        assert_eq!(describe(&e), "Stored");
+    }
 }

@@ -43,6 +43,8 @@ pub struct ServeConfig {
     pub public_url: Option<String>,
     /// Most unfinished forward_backward + sample requests per base model before 429 (default 4096).
     pub queue_limit: Option<usize>,
+    /// Snapshot runs every this many optim steps (default 1).
+    pub snapshot_every: Option<u64>,
 }
 
 /// Binds `config.listen` and serves until Ctrl-C.
@@ -58,6 +60,9 @@ pub async fn serve(
     let mut tuning = Tuning::standard();
     if let Some(limit) = config.queue_limit {
         tuning.queue_limit = limit;
+    }
+    if let Some(k) = config.snapshot_every {
+        tuning.snapshot_every = k.max(1);
     }
     let listener =
         TcpListener::bind(config.listen).await.map_err(|source| ServeError::Bind { addr: config.listen, source })?;
@@ -113,6 +118,7 @@ pub async fn serve_on(
         retry_after_s: tuning.retry_after_s,
         samplers_resident_max: tuning.samplers_resident_max,
         sampler_idle_ms: tuning.sampler_idle.as_millis() as u64,
+        snapshot_every: tuning.snapshot_every.max(1),
     };
     let ids: Box<dyn IdSource> = Box::new(SeededIds(os_seed(&config.data_dir)?));
     let core = CoordinatorCore::restore(core_config, ids, &loaded, clock.now_ms()).map_err(ServeError::Restore)?;

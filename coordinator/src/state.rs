@@ -21,6 +21,9 @@ pub struct Tuning {
     pub samplers_resident_max: usize,
     /// A sampler unused this long is freed from worker memory (and rebuilt if used again).
     pub sampler_idle: Duration,
+    /// Snapshot each run's adapter + optimizer state every this many optim steps; a restart replays
+    /// the requests since the last snapshot.
+    pub snapshot_every: u64,
 }
 
 impl Tuning {
@@ -34,6 +37,7 @@ impl Tuning {
             retry_after_s: 1,
             samplers_resident_max: 8,
             sampler_idle: Duration::from_secs(120),
+            snapshot_every: 1,
         }
     }
 }

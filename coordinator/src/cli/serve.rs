@@ -55,6 +55,10 @@ pub struct ServeArgs {
     /// with retry-after (the SDK backs off and retries).
     #[arg(long)]
     pub queue_limit: Option<usize>,
+    /// Snapshot each training run's adapter and optimizer state every K optim steps (default 1); a
+    /// crash or restart replays the requests since the last snapshot.
+    #[arg(long, value_name = "K")]
+    pub snapshot_every: Option<u64>,
     /// Log lines as human-readable text or as one JSON object per line (for log shippers). Every
     /// line names the ids involved: tenant, session, run, sampler, request, generation.
     #[arg(long, value_enum, default_value = "text")]
@@ -77,6 +81,15 @@ fn init_logs(format: LogFormat, level: tracing::Level) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    // A panic anywhere (an HTTP handler task, the worker thread, the store thread) is logged as an
+    // error line before the default report, so it never passes silently in a log shipper.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current().name().unwrap_or("unnamed").to_string();
+        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        tracing::error!(thread, location, panic = %info, "panic");
+        default_hook(info);
+    }));
 }
 
 pub fn run(args: &ServeArgs) -> Result<()> {
@@ -128,6 +141,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         api_keys: args.api_keys.clone(),
         public_url: args.public_url.clone(),
         queue_limit: args.queue_limit,
+        snapshot_every: args.snapshot_every,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -145,6 +145,8 @@ pub struct CoreConfig {
     pub samplers_resident_max: usize,
     /// A sampler unused this long is freed from worker memory (rebuilt on its next use).
     pub sampler_idle_ms: u64,
+    /// Snapshot a run's adapter + optimizer state every this many optim steps (>= 1).
+    pub snapshot_every: u64,
 }
 
 /// Most requests packed into one multi-tenant step.
@@ -190,6 +192,8 @@ pub struct CoordinatorCore {
     /// Samples waiting for their freed sampler to be rebuilt in worker memory.
     pub(super) rebuilding: BTreeMap<SamplerId, Vec<(RequestId, runtime::control::SampleRequest)>>,
     pub(super) tick_armed: bool,
+    /// Commands decided while rebuilding from the store, emitted with the first event.
+    pub(super) startup: Vec<Command>,
 }
 
 impl CoordinatorCore {
@@ -198,6 +202,7 @@ impl CoordinatorCore {
     pub fn new(config: CoreConfig, mut ids: Box<dyn IdSource>) -> Self {
         assert!(!config.models.is_empty(), "a coordinator serves at least one base model");
         assert!(config.long_poll_ms > 0 && config.tick_ms > 0, "timings must be positive");
+        assert!(config.snapshot_every >= 1, "snapshot_every counts optim steps, at least 1");
         let prefix = format!("{:x}", ids.next_u64() & 0xffff_ffff);
         CoordinatorCore {
             config,
@@ -225,12 +230,13 @@ impl CoordinatorCore {
             sample_seq: BTreeMap::new(),
             rebuilding: BTreeMap::new(),
             tick_armed: false,
+            startup: Vec::new(),
         }
     }
 
     /// The one entry point.
     pub fn on_event(&mut self, now_ms: u64, event: Event) -> Vec<Command> {
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.startup);
         if !self.tick_armed {
             self.tick_armed = true;
             out.push(Command::ArmTimer { at_ms: now_ms + self.config.tick_ms, timer: Timer::Tick });

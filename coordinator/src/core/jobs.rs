@@ -115,6 +115,8 @@ pub struct LiveRun {
     pub replaying: usize,
     /// The last snapshot's directory (replaced by the next one).
     pub snapshot_dir: Option<PathBuf>,
+    /// Successful optim steps since the last snapshot.
+    pub optims_since_snapshot: u64,
 }
 
 impl LiveRun {
@@ -128,6 +130,7 @@ impl LiveRun {
             busy: false,
             replaying: 0,
             snapshot_dir: None,
+            optims_since_snapshot: 0,
         }
     }
 
@@ -499,9 +502,14 @@ impl CoordinatorCore {
             self.runs.remove(run);
             return;
         }
-        // After every optim step the run's state is snapshotted, so a restart replays at most the
-        // requests since the last step (the journal is truncated at the snapshot).
-        if let (true, Action::Optim(_), Some(seq)) = (ok, &job.action, job.seq_id) {
+        // Every `snapshot_every` optim steps the run's state is snapshotted, so a restart replays at
+        // most the requests since then (the journal is truncated at the snapshot).
+        if let (true, Action::Optim(_)) = (ok, &job.action) {
+            live.optims_since_snapshot += 1;
+        }
+        let due = live.optims_since_snapshot >= self.config.snapshot_every;
+        if let (true, true, Action::Optim(_), Some(seq)) = (ok, due, &job.action, job.seq_id) {
+            live.optims_since_snapshot = 0;
             let dir = self.config.data_dir.join("snapshots").join(run.as_str()).join(seq.to_string());
             let snapshot = Job {
                 request: None,

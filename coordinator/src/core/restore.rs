@@ -98,8 +98,8 @@ impl CoordinatorCore {
                 core.complete(now_ms, &request, outcome, &mut out);
             }
         }
-        // Persist commands from those completions are re-derived on the next change; the results
-        // are in memory and answer polls now.
+        // Their results are durable once the first event's commands run.
+        core.startup = out;
         Ok(core)
     }
 

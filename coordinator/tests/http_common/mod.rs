@@ -162,8 +162,14 @@ impl Server {
         let addr = listener.local_addr().unwrap();
         let clock = Arc::new(ManualClock::new(start_ms));
         let worker = Arc::new(FakeWorker::default());
-        let config =
-            ServeConfig { listen: addr, data_dir: data_dir.clone(), api_keys, public_url: None, queue_limit: None };
+        let config = ServeConfig {
+            listen: addr,
+            data_dir: data_dir.clone(),
+            api_keys,
+            public_url: None,
+            queue_limit: None,
+            snapshot_every: None,
+        };
         let tuning = Tuning {
             long_poll: Duration::from_millis(300),
             tick: Duration::from_millis(20),
