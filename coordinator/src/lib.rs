@@ -43,7 +43,7 @@ pub struct ServeConfig {
     pub public_url: Option<String>,
     /// Most unfinished forward_backward + sample requests per base model before 429 (default 4096).
     pub queue_limit: Option<usize>,
-    /// Snapshot runs every this many optim steps (default 1).
+    /// Snapshot runs every this many optim steps (default 10).
     pub snapshot_every: Option<u64>,
 }
 

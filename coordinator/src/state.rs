@@ -37,7 +37,9 @@ impl Tuning {
             retry_after_s: 1,
             samplers_resident_max: 8,
             sampler_idle: Duration::from_secs(120),
-            snapshot_every: 1,
+            // Measured on SmolLM2 rank 32 (adapter + Adam state 137 MB): a snapshot adds ~0.35 s to a
+            // 0.56 s one-datum step; every 10 steps that is ~6%, and a restart replays at most 10 steps.
+            snapshot_every: 10,
         }
     }
 }

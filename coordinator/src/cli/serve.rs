@@ -55,7 +55,7 @@ pub struct ServeArgs {
     /// with retry-after (the SDK backs off and retries).
     #[arg(long)]
     pub queue_limit: Option<usize>,
-    /// Snapshot each training run's adapter and optimizer state every K optim steps (default 1); a
+    /// Snapshot each training run's adapter and optimizer state every K optim steps (default 10); a
     /// crash or restart replays the requests since the last snapshot.
     #[arg(long, value_name = "K")]
     pub snapshot_every: Option<u64>,
