@@ -32,6 +32,10 @@ pub struct SaveRequest {
     pub ttl_seconds: Option<i64>,
     pub user_metadata: Option<Value>,
     pub sampling_session_seq_id: Option<u64>,
+    /// The sampler kind the SDK asked for (`snapshot`, the default, or `inflight`).
+    pub kind: Option<String>,
+    /// Whether the client asked for the export to be age-encrypted (non-empty recipients).
+    pub age_encryption_recipients: bool,
 }
 
 /// The body of a request ordered by the run's `seq_id`. A part that failed to parse is carried

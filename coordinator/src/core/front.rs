@@ -439,6 +439,7 @@ impl CoordinatorCore {
             SequencedBody::SaveForSampler(req) => match req.path {
                 Some(_) => save_action(&req, CheckpointKind::SamplerWeights),
                 None => {
+                    refuse_unsupported(&req)?;
                     let session = SessionId::new(run.session_id.clone()).map_err(|e| e.to_string())?;
                     let n = req.sampling_session_seq_id.map_or(format!("{}-{}", run.id, seq_id), |n| n.to_string());
                     let sampler = SamplerId::of_session(&session, &n).map_err(|e| e.to_string())?;
@@ -625,7 +626,28 @@ impl CoordinatorCore {
     }
 }
 
+/// What lathe does not do, refused by name rather than ignored.
+fn refuse_unsupported(req: &SaveRequest) -> Result<(), String> {
+    match req.kind.as_deref() {
+        None | Some("snapshot") => {}
+        Some("inflight") => {
+            return Err("kind=\"inflight\" sampling clients (weights that follow the run as it trains) are not \
+                        supported; use kind=\"snapshot\" (the default) and make a new sampling client after each \
+                        step"
+                .into())
+        }
+        Some(other) => return Err(format!("kind {other:?} is not a sampling client kind; use \"snapshot\"")),
+    }
+    if req.age_encryption_recipients {
+        return Err("age_encryption_recipients: lathe does not encrypt exports; leave it unset and encrypt the \
+                    downloaded files yourself (the download URLs are signed and expire)"
+            .into());
+    }
+    Ok(())
+}
+
 fn save_action(req: &SaveRequest, kind: CheckpointKind) -> Result<Action, String> {
+    refuse_unsupported(req)?;
     let name = req.path.clone().ok_or("path (the checkpoint name) is required")?;
     validate_name(&name).map_err(|e| format!("path: {e}"))?;
     Ok(Action::Save {

@@ -130,6 +130,11 @@ impl Futures {
         self.entries.get(request_id).filter(|e| e.tenant == tenant).map(|e| e.outcome.as_ref())
     }
 
+    /// The tenant a request belongs to.
+    pub fn tenant_of(&self, request_id: &str) -> Option<String> {
+        self.entries.get(request_id).map(|e| e.tenant.clone())
+    }
+
     /// Whether a request has a result.
     pub fn is_done(&self, request_id: &str) -> bool {
         self.entries.get(request_id).is_some_and(|e| e.outcome.is_some())

@@ -406,7 +406,15 @@ impl CoordinatorCore {
             }
             Purpose::Sample { request } => {
                 let outcome = match reply {
-                    FromWorker::Sampled(r) => Outcome::Sample(r),
+                    FromWorker::Sampled(r) => {
+                        let tokens: usize = r.sequences.iter().map(|q| q.tokens.len()).sum();
+                        if let Some(tenant) = self.futures.tenant_of(request.as_str()) {
+                            let op =
+                                StoreOp::AddUsage { tenant, counter: "sampled_tokens".into(), amount: tokens as u64 };
+                            self.persist(vec![op], vec![], out);
+                        }
+                        Outcome::Sample(r)
+                    }
                     other => failed(other),
                 };
                 self.complete(now_ms, &request, outcome, out);
@@ -490,6 +498,23 @@ impl CoordinatorCore {
     pub(super) fn finish_job(&mut self, now_ms: u64, run: &RunId, job: Job, outcome: Outcome, out: &mut Vec<Command>) {
         let ok = !matches!(outcome, Outcome::Failed { .. });
         let is_drop = matches!(job.action, Action::Drop);
+        if ok && !job.replay_only {
+            let usage = match &job.action {
+                Action::ForwardBackward { data, .. } => {
+                    Some(("forward_backward_tokens", tokens_of(&job.action).max(data.len())))
+                }
+                Action::Optim(_) => Some(("optim_steps", 1)),
+                _ => None,
+            };
+            if let (Some((counter, amount)), Some(live)) = (usage, self.runs.get(run)) {
+                let op = StoreOp::AddUsage {
+                    tenant: live.tenant.as_str().to_string(),
+                    counter: counter.into(),
+                    amount: amount as u64,
+                };
+                self.persist(vec![op], vec![], out);
+            }
+        }
         if let (Some(request), false) = (&job.request, job.replay_only) {
             self.complete(now_ms, request, outcome, out);
         }

@@ -400,6 +400,8 @@ fn a_checkpoint_past_its_ttl_is_deleted_durably_at_the_next_tick() {
         ttl_seconds: Some(3600),
         user_metadata: None,
         sampling_session_seq_id: None,
+        kind: None,
+        age_encryption_recipients: false,
     };
     let r = s.api(
         10,
@@ -500,6 +502,9 @@ fn a_restart_rebuilds_the_run_from_its_snapshot_and_journal_and_finishes_what_wa
     let done = s.json(r3)["request_id"].as_str().unwrap().to_string();
     let pending = s.json(r4)["request_id"].as_str().unwrap().to_string();
     let loaded: Loaded = s.store.load().unwrap();
+    // Usage: the two finished forward_backward requests of one token each and the optim step.
+    assert_eq!(loaded.usage["alice"]["forward_backward_tokens"], 2);
+    assert_eq!(loaded.usage["alice"]["optim_steps"], 1);
 
     let core = CoordinatorCore::restore(config(), Box::new(SeededIds(8)), &loaded, 20).unwrap();
     let mut t = Script::from_core(core, s.store.clone());
@@ -526,6 +531,8 @@ fn a_restart_rebuilds_the_run_from_its_snapshot_and_journal_and_finishes_what_wa
     assert_eq!(t.json(retry)["request_id"], json!(pending));
     let r5 = t.api(1_050, "alice", fb(&model, 5, &[5]));
     assert!(t.json(r5)["request_id"].is_string());
+    // The replayed seq 3 is not counted twice; seq 4 ran once, for real.
+    assert_eq!(t.store.load().unwrap().usage["alice"]["forward_backward_tokens"], 3);
 }
 
 #[test]
@@ -542,6 +549,8 @@ fn ephemeral_samplers_beyond_the_resident_limit_are_freed_and_rebuilt_on_use() {
             ttl_seconds: None,
             user_metadata: None,
             sampling_session_seq_id: Some(seq),
+            kind: None,
+            age_encryption_recipients: false,
         };
         let r = s.api(
             10 * seq,
@@ -760,4 +769,45 @@ fn with_snapshots_every_two_steps_a_restart_replays_everything_since_the_last_on
     );
     t.worker(32, echo);
     assert!(t.store.load().unwrap().journal.iter().all(|r| r.run != model), "truncated through seq 4");
+}
+
+#[test]
+fn inflight_samplers_and_encrypted_exports_are_refused_by_name_and_consume_their_seq_id() {
+    let mut s = Script::new();
+    let session = s.session(0, "alice");
+    let (model, _) = s.create(1, "alice", &session, 0);
+    s.worker(2, echo);
+    let base = SaveRequest {
+        path: None,
+        overwrite: false,
+        ttl_seconds: None,
+        user_metadata: None,
+        sampling_session_seq_id: Some(1),
+        kind: Some("inflight".into()),
+        age_encryption_recipients: false,
+    };
+    let external = SaveRequest { path: Some("x".into()), kind: None, age_encryption_recipients: true, ..base.clone() };
+    let cases = [
+        (SequencedBody::SaveForSampler(base), "kind=\"inflight\""),
+        (SequencedBody::SaveExternal(external), "age_encryption_recipients"),
+    ];
+    for (seq, (body, named)) in cases.into_iter().enumerate() {
+        let seq = seq as i64 + 1;
+        let r = s.api(
+            3,
+            "alice",
+            ApiRequest::Sequenced { model_id: model.clone(), seq_id: seq, idempotency_key: None, body },
+        );
+        let id = s.json(r)["request_id"].as_str().unwrap().to_string();
+        let poll = s.retrieve(4, "alice", &id);
+        match &s.replies[&poll] {
+            Ok(Answer::Outcome(Outcome::Failed { category: ErrorCategory::User, message })) => {
+                assert!(message.contains(named), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(s.sent.is_empty(), "nothing reached the worker: {:?}", s.sent);
+    let next = s.api(5, "alice", optim(&model, 3));
+    assert!(s.json(next)["request_id"].is_string(), "the refused requests consumed seq 1 and 2");
 }

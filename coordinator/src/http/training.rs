@@ -195,15 +195,26 @@ struct SaveRequest {
     ttl_seconds: Option<i64>,
     user_metadata: Option<Value>,
     sampling_session_seq_id: Option<u64>,
+    /// `snapshot` (the default) or `inflight` (save_weights_and_get_sampling_client).
+    kind: Option<String>,
+    /// save_weights_external: age public keys to encrypt the export to.
+    age_encryption_recipients: Option<Value>,
 }
 
 fn save_parts(req: SaveRequest) -> (String, i64, CoreSave) {
+    let encrypt = match &req.age_encryption_recipients {
+        None | Some(Value::Null) => false,
+        Some(Value::Array(keys)) => !keys.is_empty(),
+        Some(_) => true,
+    };
     let save = CoreSave {
         path: req.path,
         overwrite: req.overwrite.unwrap_or(false),
         ttl_seconds: req.ttl_seconds,
         user_metadata: req.user_metadata,
         sampling_session_seq_id: req.sampling_session_seq_id,
+        kind: req.kind,
+        age_encryption_recipients: encrypt,
     };
     (req.model_id, req.seq_id, save)
 }
