@@ -120,3 +120,8 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// A user error (400) with the message saying what was wrong: the shape every validator returns.
+pub fn invalid(message: impl Into<String>) -> CoordinatorError {
+    CoordinatorError::BadRequest(message.into())
+}

@@ -39,11 +39,11 @@ pub struct SaveRequest {
 }
 
 /// The body of a request ordered by the run's `seq_id`. A part that failed to parse is carried
-/// as its error text: it still consumes its `seq_id` and fails its future as a user error.
+/// as its error: it still consumes its `seq_id` and fails its future as a user error.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SequencedBody {
-    ForwardBackward(Result<WireFbRequest, String>),
-    Optim(Result<AdamConfig, String>),
+    ForwardBackward(Result<WireFbRequest, CoordinatorError>),
+    Optim(Result<AdamConfig, CoordinatorError>),
     SaveState(SaveRequest),
     SaveForSampler(SaveRequest),
     SaveExternal(SaveRequest),

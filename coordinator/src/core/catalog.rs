@@ -7,14 +7,14 @@ use std::collections::BTreeMap;
 use runtime::LoraConfig;
 use serde::{Deserialize, Serialize};
 
-use super::ids::{CheckpointKind, TinkerPath};
+use super::ids::{CheckpointKind, CheckpointName, RunId, SessionId, TenantId, TinkerPath};
 
 /// A training run as the catalogue remembers it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
-    pub id: String,
-    pub tenant: String,
-    pub session_id: String,
+    pub id: RunId,
+    pub tenant: TenantId,
+    pub session_id: SessionId,
     pub base_model: String,
     pub lora: LoraConfig,
     pub created_ms: u64,
@@ -35,10 +35,10 @@ pub struct SnapshotRef {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointRecord {
-    pub run: String,
+    pub run: RunId,
     pub kind: CheckpointKind,
-    pub name: String,
-    pub tenant: String,
+    pub name: CheckpointName,
+    pub tenant: TenantId,
     pub created_ms: u64,
     pub size_bytes: u64,
     pub expires_ms: Option<u64>,
@@ -47,13 +47,13 @@ pub struct CheckpointRecord {
 
 impl CheckpointRecord {
     pub fn path(&self) -> TinkerPath {
-        TinkerPath { run: self.run.clone(), kind: self.kind, name: self.name.clone() }
+        TinkerPath { run: self.run.as_str().to_string(), kind: self.kind, name: self.name.as_str().to_string() }
     }
 }
 
 #[derive(Debug, Default)]
 pub struct Catalog {
-    runs: BTreeMap<String, RunRecord>,
+    runs: BTreeMap<RunId, RunRecord>,
     checkpoints: BTreeMap<TinkerPath, CheckpointRecord>,
 }
 
@@ -67,8 +67,8 @@ impl Catalog {
         self.runs.insert(run.id.clone(), run);
     }
 
-    pub fn run(&self, tenant: &str, id: &str) -> Option<&RunRecord> {
-        self.runs.get(id).filter(|r| r.tenant == tenant)
+    pub fn run(&self, tenant: &TenantId, id: &str) -> Option<&RunRecord> {
+        self.runs.get(id).filter(|r| r.tenant == *tenant)
     }
 
     /// Every run of every tenant (for recovery).
@@ -86,7 +86,7 @@ impl Catalog {
     }
 
     /// The owner of a run, for code that already holds a run id it checked.
-    pub fn run_tenant(&self, id: &str) -> Option<String> {
+    pub fn run_tenant(&self, id: &str) -> Option<TenantId> {
         self.runs.get(id).map(|r| r.tenant.clone())
     }
 
@@ -97,8 +97,8 @@ impl Catalog {
     }
 
     /// The tenant's runs, oldest first.
-    pub fn runs_of(&self, tenant: &str) -> Vec<&RunRecord> {
-        let mut runs: Vec<&RunRecord> = self.runs.values().filter(|r| r.tenant == tenant).collect();
+    pub fn runs_of(&self, tenant: &TenantId) -> Vec<&RunRecord> {
+        let mut runs: Vec<&RunRecord> = self.runs.values().filter(|r| r.tenant == *tenant).collect();
         runs.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
         runs
     }
@@ -108,8 +108,8 @@ impl Catalog {
         self.checkpoints.insert(c.path(), c);
     }
 
-    pub fn checkpoint(&self, tenant: &str, path: &TinkerPath) -> Option<&CheckpointRecord> {
-        self.checkpoints.get(path).filter(|c| c.tenant == tenant)
+    pub fn checkpoint(&self, tenant: &TenantId, path: &TinkerPath) -> Option<&CheckpointRecord> {
+        self.checkpoints.get(path).filter(|c| c.tenant == *tenant)
     }
 
     pub fn remove_checkpoint(&mut self, path: &TinkerPath) -> Option<CheckpointRecord> {
@@ -128,22 +128,22 @@ impl Catalog {
     }
 
     /// The tenant's checkpoints of one run, oldest first.
-    pub fn checkpoints_of_run(&self, tenant: &str, run: &str) -> Vec<&CheckpointRecord> {
+    pub fn checkpoints_of_run(&self, tenant: &TenantId, run: &str) -> Vec<&CheckpointRecord> {
         let mut v: Vec<&CheckpointRecord> =
-            self.checkpoints.values().filter(|c| c.tenant == tenant && c.run == run).collect();
+            self.checkpoints.values().filter(|c| c.tenant == *tenant && c.run.as_str() == run).collect();
         v.sort_by_key(|c| (c.created_ms, c.path()));
         v
     }
 
     /// All of the tenant's checkpoints, newest first.
-    pub fn checkpoints_of(&self, tenant: &str) -> Vec<&CheckpointRecord> {
-        let mut v: Vec<&CheckpointRecord> = self.checkpoints.values().filter(|c| c.tenant == tenant).collect();
+    pub fn checkpoints_of(&self, tenant: &TenantId) -> Vec<&CheckpointRecord> {
+        let mut v: Vec<&CheckpointRecord> = self.checkpoints.values().filter(|c| c.tenant == *tenant).collect();
         v.sort_by_key(|c| (std::cmp::Reverse(c.created_ms), c.path()));
         v
     }
 
     /// The newest checkpoint of `kind` of a run.
-    pub fn last_checkpoint(&self, tenant: &str, run: &str, kind: CheckpointKind) -> Option<&CheckpointRecord> {
+    pub fn last_checkpoint(&self, tenant: &TenantId, run: &str, kind: CheckpointKind) -> Option<&CheckpointRecord> {
         self.checkpoints_of_run(tenant, run).into_iter().rfind(|c| c.kind == kind)
     }
 
@@ -157,27 +157,31 @@ impl Catalog {
 mod tests {
     use super::*;
 
-    fn run(id: &str, tenant: &str, t: u64) -> RunRecord {
+    fn t(name: &str) -> TenantId {
+        TenantId::new(name).unwrap()
+    }
+
+    fn run(id: &str, tenant: &str, at: u64) -> RunRecord {
         RunRecord {
-            id: id.into(),
-            tenant: tenant.into(),
-            session_id: "sess-1".into(),
+            id: RunId::new(id).unwrap(),
+            tenant: t(tenant),
+            session_id: SessionId::new("sess-1").unwrap(),
             base_model: "tiny/llama3".into(),
             lora: LoraConfig::new(8, 32.0, 0, true, true, true).unwrap(),
-            created_ms: t,
-            last_request_ms: t,
+            created_ms: at,
+            last_request_ms: at,
             user_metadata: None,
             snapshot: None,
         }
     }
 
-    fn ckpt(run: &str, kind: CheckpointKind, name: &str, tenant: &str, t: u64) -> CheckpointRecord {
+    fn ckpt(run: &str, kind: CheckpointKind, name: &str, tenant: &str, at: u64) -> CheckpointRecord {
         CheckpointRecord {
-            run: run.into(),
+            run: RunId::new(run).unwrap(),
             kind,
-            name: name.into(),
-            tenant: tenant.into(),
-            created_ms: t,
+            name: CheckpointName::new(name).unwrap(),
+            tenant: t(tenant),
+            created_ms: at,
             size_bytes: 10,
             expires_ms: None,
             user_metadata: None,
@@ -190,11 +194,11 @@ mod tests {
         c.add_run(run("a:train:0", "alice", 1));
         c.add_checkpoint(ckpt("a:train:0", CheckpointKind::Weights, "x", "alice", 2));
         let path = TinkerPath::parse("tinker://a:train:0/weights/x").unwrap();
-        assert!(c.run("alice", "a:train:0").is_some());
-        assert!(c.run("bob", "a:train:0").is_none());
-        assert!(c.checkpoint("bob", &path).is_none());
-        assert!(c.runs_of("bob").is_empty() && c.checkpoints_of("bob").is_empty());
-        assert_eq!(c.checkpoints_of_run("alice", "a:train:0").len(), 1);
+        assert!(c.run(&t("alice"), "a:train:0").is_some());
+        assert!(c.run(&t("bob"), "a:train:0").is_none());
+        assert!(c.checkpoint(&t("bob"), &path).is_none());
+        assert!(c.runs_of(&t("bob")).is_empty() && c.checkpoints_of(&t("bob")).is_empty());
+        assert_eq!(c.checkpoints_of_run(&t("alice"), "a:train:0").len(), 1);
     }
 
     #[test]
@@ -217,7 +221,7 @@ mod tests {
         c.add_checkpoint(ckpt("r", CheckpointKind::Weights, "old", "alice", 1));
         c.add_checkpoint(ckpt("r", CheckpointKind::Weights, "new", "alice", 5));
         c.add_checkpoint(ckpt("r", CheckpointKind::SamplerWeights, "s", "alice", 9));
-        assert_eq!(c.last_checkpoint("alice", "r", CheckpointKind::Weights).unwrap().name, "new");
-        assert_eq!(c.checkpoints_of("alice")[0].name, "s");
+        assert_eq!(c.last_checkpoint(&t("alice"), "r", CheckpointKind::Weights).unwrap().name.as_str(), "new");
+        assert_eq!(c.checkpoints_of(&t("alice"))[0].name.as_str(), "s");
     }
 }

@@ -154,6 +154,17 @@ pub const STEP_ITEMS_MAX: usize = 64;
 /// Most model input tokens packed into one step (the first request always goes, however long).
 pub const STEP_TOKENS_MAX: usize = 65_536;
 
+/// What a retried submission is recognised by.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ReplySlot {
+    /// The SDK's `X-Idempotency-Key` header, scoped to the tenant that sent it.
+    Idempotency { tenant: TenantId, key: String },
+    /// `create_model` for the run its `model_seq_id` names.
+    Create(RunId),
+    /// A sample request by its sampler's own `seq_id`.
+    Sample { sampler: SamplerId, seq_id: u64 },
+}
+
 /// The coordinator's whole state.
 pub struct CoordinatorCore {
     pub(super) config: CoreConfig,
@@ -164,10 +175,10 @@ pub struct CoordinatorCore {
     /// Training runs whose adapter lives (or is being rebuilt) in worker memory.
     pub(super) runs: BTreeMap<RunId, LiveRun>,
     pub(super) samplers: BTreeMap<SamplerId, SamplerRecord>,
-    /// Submission replies by slot (`idem:<tenant>:<key>`, `create:<run>`, `sample:<sampler>:<seq>`)
-    /// so retries get the same answer; forgotten with their request's future.
-    pub(super) replies: HashMap<String, serde_json::Value>,
-    pub(super) reply_slots: HashMap<RequestId, Vec<String>>,
+    /// Submission replies by slot so retries get the same answer; forgotten with their request's
+    /// future.
+    pub(super) replies: HashMap<ReplySlot, serde_json::Value>,
+    pub(super) reply_slots: HashMap<RequestId, Vec<ReplySlot>>,
     /// Long polls waiting on a pending future.
     pub(super) polls: HashMap<RequestId, Vec<ReplyTo>>,
     pub(super) poll_of: HashMap<ReplyTo, RequestId>,
@@ -364,7 +375,7 @@ impl CoordinatorCore {
         request_id: &str,
         out: &mut Vec<Command>,
     ) {
-        match self.futures.poll(tenant.as_str(), request_id, now_ms) {
+        match self.futures.poll(tenant, request_id, now_ms) {
             Poll::Ready(o) => self.reply(to, Ok(Answer::Outcome(o)), out),
             Poll::Unknown => self.reply(
                 to,
@@ -411,7 +422,7 @@ impl CoordinatorCore {
     }
 
     /// Remembers a submission reply under `slot`, so a retry gets the same answer.
-    pub(super) fn remember(&mut self, request: &RequestId, slot: String, reply: &serde_json::Value) {
+    pub(super) fn remember(&mut self, request: &RequestId, slot: ReplySlot, reply: &serde_json::Value) {
         self.reply_slots.entry(request.clone()).or_default().push(slot.clone());
         self.replies.insert(slot, reply.clone());
     }
@@ -424,19 +435,19 @@ impl CoordinatorCore {
     fn tick(&mut self, now_ms: u64, out: &mut Vec<Command>) {
         let mut ops = Vec::new();
         for ended in self.sessions.expire(now_ms) {
-            ops.push(self.session_row(&ended.session_id, now_ms));
+            if let Some(id) = &ended.session_id {
+                ops.push(self.session_row(id.as_str(), now_ms));
+            }
             self.end_session(now_ms, &ended.runs, &ended.samplers, &mut ops, out);
         }
         for path in self.catalog.expired(now_ms) {
             self.delete_checkpoint(&path, &mut ops, out);
         }
         for id in self.futures.purge(now_ms) {
-            if let Ok(id) = RequestId::new(id.clone()) {
-                for slot in self.reply_slots.remove(&id).unwrap_or_default() {
-                    self.replies.remove(&slot);
-                }
+            for slot in self.reply_slots.remove(&id).unwrap_or_default() {
+                self.replies.remove(&slot);
             }
-            ops.push(StoreOp::DeleteFuture { request_id: id });
+            ops.push(StoreOp::DeleteFuture { request_id: id.to_string() });
         }
         self.free_idle_samplers(now_ms, out);
         self.persist(ops, vec![], out);

@@ -12,25 +12,25 @@ use serde_json::json;
 
 use super::api::{Answer, ApiRequest, LoraRequest, ReplyTo, SaveRequest, SequencedBody};
 use super::catalog::RunRecord;
-use super::engine::{Command, CoordinatorCore};
-use super::ids::{validate_name, CheckpointKind, RequestId, RunId, SamplerId, SessionId, TenantId, TinkerPath};
+use super::engine::{Command, CoordinatorCore, ReplySlot};
+use super::ids::{CheckpointKind, CheckpointName, RequestId, RunId, SamplerId, SessionId, TenantId, TinkerPath};
 use super::jobs::{run_row, Action, Job, LiveRun};
 use super::sequencer::Submitted;
 use super::sessions::{SessionRefusal, SessionState};
-use crate::error::CoordinatorError;
+use crate::error::{invalid, CoordinatorError};
 use crate::store::{JournalRow, SessionRow, StoreOp};
 
 /// Shortest and longest checkpoint TTL the SDK documents.
 const TTL_SECONDS_MIN: i64 = 3600;
 const TTL_SECONDS_MAX: i64 = 10 * 365 * 24 * 3600;
 
-pub(super) fn ttl_ms(ttl_seconds: Option<i64>) -> Result<Option<u64>, String> {
+pub(super) fn ttl_ms(ttl_seconds: Option<i64>) -> Result<Option<u64>, CoordinatorError> {
     match ttl_seconds {
         None => Ok(None),
         Some(s) if (TTL_SECONDS_MIN..=TTL_SECONDS_MAX).contains(&s) => Ok(Some(s as u64 * 1000)),
-        Some(s) => {
-            Err(format!("ttl_seconds: {s} is not in {TTL_SECONDS_MIN}..={TTL_SECONDS_MAX} (or null for no expiry)"))
-        }
+        Some(s) => Err(invalid(format!(
+            "ttl_seconds: {s} is not in {TTL_SECONDS_MIN}..={TTL_SECONDS_MAX} (or null for no expiry)"
+        ))),
     }
 }
 
@@ -52,30 +52,32 @@ pub(super) fn state_name(state: SessionState) -> &'static str {
     }
 }
 
-fn idem_slot(tenant: &TenantId, key: &str) -> String {
-    format!("idem:{tenant}:{key}")
+fn idem_slot(tenant: &TenantId, key: &str) -> ReplySlot {
+    ReplySlot::Idempotency { tenant: tenant.clone(), key: key.to_string() }
 }
 
 /// Checks a decoded forward_backward against the run's base model.
-fn check_forward_backward(info: Option<&BaseModelInfo>, req: &WireFbRequest) -> Result<(), String> {
-    let info = info.ok_or("the run's base model is no longer served")?;
+fn check_forward_backward(info: Option<&BaseModelInfo>, req: &WireFbRequest) -> Result<(), CoordinatorError> {
+    let info = info.ok_or(invalid("the run's base model is no longer served"))?;
     if let Some(key) = req.loss_config_text.keys().next() {
-        return Err(format!("loss_fn_config_v2[{key:?}] is text; custom server-side losses are not supported"));
+        return Err(invalid(format!(
+            "loss_fn_config_v2[{key:?}] is text; custom server-side losses are not supported"
+        )));
     }
     for (i, d) in req.data.iter().enumerate() {
         if d.tokens.len() > info.max_context_length {
-            return Err(format!(
+            return Err(invalid(format!(
                 "data[{i}].model_input has {} tokens, above {}'s context length {}",
                 d.tokens.len(),
                 info.name,
                 info.max_context_length
-            ));
+            )));
         }
         if let Some(t) = d.tokens.iter().find(|&&t| t as usize >= info.vocab_size) {
-            return Err(format!(
+            return Err(invalid(format!(
                 "data[{i}].model_input: token {t} is not below the vocabulary size {}",
                 info.vocab_size
-            ));
+            )));
         }
     }
     Ok(())
@@ -88,11 +90,11 @@ fn check_provenance(
     futures: &super::futures::Futures,
     tenant: &TenantId,
     data: &[runtime::control::Datum],
-) -> Result<(), String> {
+) -> Result<(), CoordinatorError> {
     use runtime::control::SpanSource;
     for (i, d) in data.iter().enumerate() {
         let Some(p) = &d.provenance else { continue };
-        runtime::wire::spans::validate(d).map_err(|e| format!("data[{i}].{e}"))?;
+        runtime::wire::spans::validate(d).map_err(|e| invalid(format!("data[{i}].{e}")))?;
         for (field, spans) in [("model_input_spans", &p.model_input), ("loss_fn_input_spans", &p.loss_fn_inputs)] {
             for (j, span) in spans.iter().enumerate() {
                 let at = format!("data[{i}].{field}[{j}].sequence_id {:?}", span.sequence_id);
@@ -102,28 +104,27 @@ fn check_provenance(
                          <request id>:<n>, and a sample's results are kept 10 minutes after they are fetched)"
                     )
                 };
-                let (request, n) = span.sequence_id.rsplit_once(':').ok_or_else(unknown)?;
-                let n: usize = n.parse().map_err(|_| unknown())?;
-                match futures.outcome_of(tenant.as_str(), request) {
-                    None => return Err(unknown()),
+                let (request, n) = span.sequence_id.rsplit_once(':').ok_or_else(|| invalid(unknown()))?;
+                let n: usize = n.parse().map_err(|_| invalid(unknown()))?;
+                match futures.outcome_of(tenant, request) {
+                    None => return Err(invalid(unknown())),
                     Some(Some(super::futures::Outcome::Sample(r))) => {
-                        let seq = r
-                            .sequences
-                            .get(n)
-                            .ok_or_else(|| format!("{at}: that request sampled {} sequences", r.sequences.len()))?;
+                        let seq = r.sequences.get(n).ok_or_else(|| {
+                            invalid(format!("{at}: that request sampled {} sequences", r.sequences.len()))
+                        })?;
                         if span.source == SpanSource::Sampled && span.offset + span.length > seq.tokens.len() as u64 {
-                            return Err(format!(
+                            return Err(invalid(format!(
                                 "{at}: offset {} + length {} is past its {} sampled tokens",
                                 span.offset,
                                 span.length,
                                 seq.tokens.len()
-                            ));
+                            )));
                         }
                     }
                     Some(Some(super::futures::Outcome::Failed { .. })) => {
-                        return Err(format!("{at} names a sample request that failed"))
+                        return Err(invalid(format!("{at} names a sample request that failed")))
                     }
-                    Some(Some(_)) => return Err(unknown()),
+                    Some(Some(_)) => return Err(invalid(unknown())),
                     // Still sampling: nothing to compare the lengths with yet.
                     Some(None) => {}
                 }
@@ -144,16 +145,16 @@ impl CoordinatorCore {
     ) {
         match request {
             ApiRequest::CreateSession => {
-                let id = self.sessions.create(tenant.as_str(), now_ms);
-                let row = self.session_row(&id, now_ms);
-                let reply = Command::Reply { to, reply: Ok(Answer::Json(json!({ "session_id": id }))) };
+                let id = self.sessions.create(&tenant, now_ms);
+                let row = self.session_row(id.as_str(), now_ms);
+                let reply = Command::Reply { to, reply: Ok(Answer::Json(json!({ "session_id": id.as_str() }))) };
                 self.persist(vec![row], vec![reply], out);
             }
             ApiRequest::Heartbeat { session } => {
-                let r = self.sessions.heartbeat(tenant.as_str(), &session, now_ms);
+                let r = self.sessions.heartbeat(&tenant, &session, now_ms);
                 self.reply(to, r.map(|()| Answer::Json(json!({}))).map_err(|e| session_error(&session, e)), out);
             }
-            ApiRequest::FinishSession { session } => match self.sessions.finish(tenant.as_str(), &session) {
+            ApiRequest::FinishSession { session } => match self.sessions.finish(&tenant, &session) {
                 Ok(ended) => {
                     let mut ops = vec![self.session_row(&session, now_ms)];
                     self.end_session(now_ms, &ended.runs, &ended.samplers, &mut ops, out);
@@ -200,8 +201,10 @@ impl CoordinatorCore {
     }
 
     pub(super) fn session_row(&self, id: &str, now_ms: u64) -> StoreOp {
-        let (tenant, created_ms, state) =
-            self.sessions.describe(id).unwrap_or((String::new(), now_ms, SessionState::Expired));
+        let (tenant, created_ms, state) = match self.sessions.describe(id) {
+            Some((tenant, created_ms, state)) => (tenant.as_str().to_string(), created_ms, state),
+            None => (String::new(), now_ms, SessionState::Expired),
+        };
         StoreOp::PutSession(SessionRow { id: id.to_string(), tenant, created_ms, state: state_name(state).to_string() })
     }
 
@@ -219,7 +222,7 @@ impl CoordinatorCore {
             Ok(Created::Retry(reply)) => self.reply(to, Ok(Answer::Json(reply)), out),
             Ok(Created::New { request, run, ops }) => {
                 let reply = json!({"request_id": request.as_str(), "model_id": run.as_str()});
-                self.remember(&request, format!("create:{run}"), &reply);
+                self.remember(&request, ReplySlot::Create(run.clone()), &reply);
                 if let Some(k) = idempotency_key {
                     self.remember(&request, idem_slot(tenant, &k), &reply);
                 }
@@ -233,9 +236,9 @@ impl CoordinatorCore {
 
     /// Registers a new live run whose first job (seq 0) is `first`.
     fn new_run(&mut self, now_ms: u64, record: RunRecord, first: Action) -> Created {
-        let id = RunId::new(record.id.clone()).unwrap_or_else(|_| unreachable!("run ids are built from valid parts"));
-        let tenant = TenantId::new(record.tenant.clone()).unwrap_or_else(|_| unreachable!("tenants are valid"));
-        let session = SessionId::new(record.session_id.clone()).unwrap_or_else(|_| unreachable!("checked active"));
+        let id = record.id.clone();
+        let tenant = record.tenant.clone();
+        let session = record.session_id.clone();
         assert!(!self.runs.contains_key(&id), "run {id} is created once");
         let request = self.new_future(&tenant, Some(&id), now_ms);
         let payload = serde_json::to_vec(&first).unwrap_or_default();
@@ -250,7 +253,7 @@ impl CoordinatorCore {
         if let Some(row) = self.futures.row(request.as_str()) {
             ops.push(StoreOp::PutFuture(row));
         }
-        self.sessions.add_run(&record.session_id, id.as_str());
+        self.sessions.add_run(&record.session_id, &id);
         let mut live = LiveRun::new(tenant, session, record.base_model.clone(), 1);
         live.queue.push_back(Job {
             request: Some(request.clone()),
@@ -267,8 +270,7 @@ impl CoordinatorCore {
 
     /// Creates a future for `tenant`, tied to `run` when it is a run's request.
     pub(super) fn new_future(&mut self, tenant: &TenantId, run: Option<&RunId>, now_ms: u64) -> RequestId {
-        let id = self.futures.create_at(tenant.as_str(), run.map(RunId::as_str), now_ms);
-        RequestId::new(id).unwrap_or_else(|_| unreachable!("request ids are req-<hex>-<n>"))
+        self.futures.create_at(tenant, run, now_ms)
     }
 
     /// A retry of a create answers the original reply; anything else is a new run or an error.
@@ -276,7 +278,7 @@ impl CoordinatorCore {
         if !self.catalog.run_exists(run_id.as_str()) {
             return None;
         }
-        Some(match self.replies.get(&format!("create:{run_id}")) {
+        Some(match self.replies.get(&ReplySlot::Create(run_id.clone())) {
             Some(reply) => Ok(Created::Retry(reply.clone())),
             None => Err(CoordinatorError::BadRequest(format!(
                 "model_seq_id {model_seq_id} of this session is already used"
@@ -285,7 +287,7 @@ impl CoordinatorCore {
     }
 
     fn active_session(&self, tenant: &TenantId, session: &str) -> Result<SessionId, CoordinatorError> {
-        self.sessions.check_active(tenant.as_str(), session).map_err(|r| session_error(session, r))?;
+        self.sessions.check_active(tenant, session).map_err(|r| session_error(session, r))?;
         SessionId::new(session).map_err(|e| CoordinatorError::BadRequest(e.to_string()))
     }
 
@@ -328,9 +330,9 @@ impl CoordinatorCore {
         )
         .map_err(|e| CoordinatorError::BadRequest(format!("lora_config: {e}")))?;
         let record = RunRecord {
-            id: run_id.as_str().to_string(),
-            tenant: tenant.as_str().to_string(),
-            session_id: session_id.as_str().to_string(),
+            id: run_id.clone(),
+            tenant: tenant.clone(),
+            session_id: session_id.clone(),
             base_model: info_name.clone(),
             lora: lora.clone(),
             created_ms: now_ms,
@@ -342,17 +344,21 @@ impl CoordinatorCore {
     }
 
     /// The source of a load: a training checkpoint the tenant owns.
-    fn load_source(&self, tenant: &TenantId, path: &str) -> Result<(TinkerPath, RunRecord), String> {
-        let p = TinkerPath::parse(path).map_err(|e| format!("path: {e}"))?;
+    fn load_source(&self, tenant: &TenantId, path: &str) -> Result<(TinkerPath, RunRecord), CoordinatorError> {
+        let p = TinkerPath::parse(path).map_err(|e| invalid(format!("path: {e}")))?;
         if p.kind != CheckpointKind::Weights {
-            return Err(format!("path {p}: only tinker://<run>/weights/<name> checkpoints (save_state) can be loaded"));
+            return Err(invalid(format!(
+                "path {p}: only tinker://<run>/weights/<name> checkpoints (save_state) can be loaded"
+            )));
         }
-        self.catalog.checkpoint(tenant.as_str(), &p).ok_or_else(|| format!("checkpoint {p} not found"))?;
+        self.catalog
+            .checkpoint(tenant, &p)
+            .ok_or_else(|| CoordinatorError::NotFound(format!("checkpoint {p} not found")))?;
         let run = self
             .catalog
-            .run(tenant.as_str(), &p.run)
+            .run(tenant, &p.run)
             .cloned()
-            .ok_or_else(|| format!("training run {} not found", p.run))?;
+            .ok_or_else(|| CoordinatorError::NotFound(format!("training run {} not found", p.run)))?;
         Ok((p, run))
     }
 
@@ -373,7 +379,7 @@ impl CoordinatorCore {
         if let Some(r) = self.existing_create(&run_id, model_seq_id) {
             return r;
         }
-        let (source, source_run) = self.load_source(tenant, path).map_err(CoordinatorError::NotFound)?;
+        let (source, source_run) = self.load_source(tenant, path)?;
         if let Some(base) = base_model.filter(|b| *b != source_run.base_model) {
             let have = &source_run.base_model;
             return Err(CoordinatorError::BadRequest(format!(
@@ -381,9 +387,9 @@ impl CoordinatorCore {
             )));
         }
         let record = RunRecord {
-            id: run_id.as_str().to_string(),
-            tenant: tenant.as_str().to_string(),
-            session_id: session_id.as_str().to_string(),
+            id: run_id.clone(),
+            tenant: tenant.clone(),
+            session_id: session_id.clone(),
             base_model: source_run.base_model.clone(),
             lora: source_run.lora.clone(),
             created_ms: now_ms,
@@ -398,7 +404,7 @@ impl CoordinatorCore {
     fn get_info(&self, tenant: &TenantId, model_id: &str) -> Result<Answer, CoordinatorError> {
         let run = self
             .catalog
-            .run(tenant.as_str(), model_id)
+            .run(tenant, model_id)
             .ok_or_else(|| CoordinatorError::NotFound(format!("training run {model_id} not found")))?;
         let mut model_data = json!({"model_name": run.base_model});
         if let Some(info) = self.config.models.get(&run.base_model) {
@@ -420,7 +426,7 @@ impl CoordinatorCore {
         run: &RunRecord,
         seq_id: u64,
         body: SequencedBody,
-    ) -> Result<Action, String> {
+    ) -> Result<Action, CoordinatorError> {
         match body {
             SequencedBody::ForwardBackward(req) => {
                 let req = req?;
@@ -440,9 +446,9 @@ impl CoordinatorCore {
                 Some(_) => save_action(&req, CheckpointKind::SamplerWeights),
                 None => {
                     refuse_unsupported(&req)?;
-                    let session = SessionId::new(run.session_id.clone()).map_err(|e| e.to_string())?;
+                    let session = run.session_id.clone();
                     let n = req.sampling_session_seq_id.map_or(format!("{}-{}", run.id, seq_id), |n| n.to_string());
-                    let sampler = SamplerId::of_session(&session, &n).map_err(|e| e.to_string())?;
+                    let sampler = SamplerId::of_session(&session, &n).map_err(|e| invalid(e.to_string()))?;
                     Ok(Action::EphemeralSampler { sampler, session })
                 }
             },
@@ -455,10 +461,10 @@ impl CoordinatorCore {
                     || source_run.lora.train_mlp != run.lora.train_mlp
                     || source_run.lora.train_unembed != run.lora.train_unembed
                 {
-                    return Err(format!(
+                    return Err(invalid(format!(
                         "checkpoint {source} has a different base model or LoRA config than {}",
                         run.id
-                    ));
+                    )));
                 }
                 let dir = self.checkpoint_dir(&source);
                 Ok(Action::Load { path: source.to_string(), dir, optimizer })
@@ -504,11 +510,14 @@ impl CoordinatorCore {
         }
         let record = self
             .catalog
-            .run(tenant.as_str(), model_id)
+            .run(tenant, model_id)
             .cloned()
             .ok_or_else(|| CoordinatorError::NotFound(format!("training run {model_id} not found")))?;
-        self.sessions.check_active(tenant.as_str(), &record.session_id).map_err(|r| {
-            CoordinatorError::BadRequest(format!("training run {model_id}: {}", session_error(&record.session_id, r)))
+        self.sessions.check_active(tenant, record.session_id.as_str()).map_err(|r| {
+            CoordinatorError::BadRequest(format!(
+                "training run {model_id}: {}",
+                session_error(record.session_id.as_str(), r)
+            ))
         })?;
         let seq_id =
             u64::try_from(seq_id).map_err(|_| CoordinatorError::BadRequest(format!("seq_id {seq_id} is negative")))?;
@@ -534,7 +543,8 @@ impl CoordinatorCore {
         if is_step && !fills_gap {
             self.check_queue_limit(&record.base_model)?;
         }
-        let action = self.sequenced_action(tenant, &record, seq_id, body).unwrap_or_else(Action::Reject);
+        let action =
+            self.sequenced_action(tenant, &record, seq_id, body).unwrap_or_else(|e| Action::Reject(e.to_string()));
         let request = self.new_future(tenant, Some(&run), now_ms);
         if is_step {
             self.count_queued(&request, &record.base_model);
@@ -587,14 +597,13 @@ impl CoordinatorCore {
     pub(super) fn end_session(
         &mut self,
         now_ms: u64,
-        runs: &[String],
-        samplers: &[String],
+        runs: &[RunId],
+        samplers: &[SamplerId],
         ops: &mut Vec<StoreOp>,
         out: &mut Vec<Command>,
     ) {
-        for run in runs {
-            let Ok(id) = RunId::new(run.clone()) else { continue };
-            if let Some(live) = self.runs.get_mut(&id) {
+        for id in runs {
+            if let Some(live) = self.runs.get_mut(id) {
                 live.queue.push_back(Job {
                     request: None,
                     seq_id: None,
@@ -605,12 +614,11 @@ impl CoordinatorCore {
                 if let Some(dir) = live.snapshot_dir.clone() {
                     out.push(Command::RemoveDir { dir });
                 }
-                self.pump(now_ms, &id, out);
+                self.pump(now_ms, id, out);
             }
         }
-        for sampler in samplers {
-            let Ok(id) = SamplerId::new(sampler.clone()) else { continue };
-            self.drop_sampler(&id, ops, out);
+        for id in samplers {
+            self.drop_sampler(id, ops, out);
         }
     }
 
@@ -627,29 +635,31 @@ impl CoordinatorCore {
 }
 
 /// What lathe does not do, refused by name rather than ignored.
-fn refuse_unsupported(req: &SaveRequest) -> Result<(), String> {
+fn refuse_unsupported(req: &SaveRequest) -> Result<(), CoordinatorError> {
     match req.kind.as_deref() {
         None | Some("snapshot") => {}
         Some("inflight") => {
-            return Err("kind=\"inflight\" sampling clients (weights that follow the run as it trains) are not \
+            return Err(invalid(
+                "kind=\"inflight\" sampling clients (weights that follow the run as it trains) are not \
                         supported; use kind=\"snapshot\" (the default) and make a new sampling client after each \
-                        step"
-                .into())
+                        step",
+            ))
         }
-        Some(other) => return Err(format!("kind {other:?} is not a sampling client kind; use \"snapshot\"")),
+        Some(other) => return Err(invalid(format!("kind {other:?} is not a sampling client kind; use \"snapshot\""))),
     }
     if req.age_encryption_recipients {
-        return Err("age_encryption_recipients: lathe does not encrypt exports; leave it unset and encrypt the \
-                    downloaded files yourself (the download URLs are signed and expire)"
-            .into());
+        return Err(invalid(
+            "age_encryption_recipients: lathe does not encrypt exports; leave it unset and encrypt the \
+                    downloaded files yourself (the download URLs are signed and expire)",
+        ));
     }
     Ok(())
 }
 
-fn save_action(req: &SaveRequest, kind: CheckpointKind) -> Result<Action, String> {
+fn save_action(req: &SaveRequest, kind: CheckpointKind) -> Result<Action, CoordinatorError> {
     refuse_unsupported(req)?;
-    let name = req.path.clone().ok_or("path (the checkpoint name) is required")?;
-    validate_name(&name).map_err(|e| format!("path: {e}"))?;
+    let name = req.path.clone().ok_or(invalid("path (the checkpoint name) is required"))?;
+    let name = CheckpointName::new(name).map_err(|e| invalid(format!("path: {e}")))?;
     Ok(Action::Save {
         kind,
         name,

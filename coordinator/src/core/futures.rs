@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use runtime::control::{ErrorCategory, ForwardBackwardResult, SampleResult};
 use serde::{Deserialize, Serialize};
 
+use super::ids::{RequestId, RunId, TenantId};
+use crate::error::CoordinatorError;
 use crate::store::FutureRow;
 
 /// How long a result stays after its first fetch (the SDK may re-poll after a lost reply).
@@ -31,8 +33,8 @@ pub enum Outcome {
 
 #[derive(Debug)]
 struct Entry {
-    tenant: String,
-    run: Option<String>,
+    tenant: TenantId,
+    run: Option<RunId>,
     created_ms: u64,
     outcome: Option<Outcome>,
     completed_ms: Option<u64>,
@@ -55,26 +57,30 @@ pub struct Futures {
     /// Distinguishes ids across coordinator restarts (ids are never reused).
     id_prefix: String,
     next: u64,
-    entries: HashMap<String, Entry>,
+    entries: HashMap<RequestId, Entry>,
     /// (tenant, idempotency key) → request id.
-    by_key: HashMap<(String, String), String>,
+    by_key: HashMap<(TenantId, String), RequestId>,
 }
 
 impl Futures {
     pub fn new(id_prefix: &str) -> Self {
+        assert!(
+            RequestId::new(format!("req-{id_prefix}-1")).is_ok(),
+            "request id prefix {id_prefix:?} does not make valid request ids"
+        );
         Futures { id_prefix: id_prefix.to_string(), next: 1, entries: HashMap::new(), by_key: HashMap::new() }
     }
 
     /// The request id an idempotency key already created, if any.
-    pub fn by_idempotency_key(&self, tenant: &str, key: &str) -> Option<String> {
-        self.by_key.get(&(tenant.to_string(), key.to_string())).cloned()
+    pub fn by_idempotency_key(&self, tenant: &TenantId, key: &str) -> Option<RequestId> {
+        self.by_key.get(&(tenant.clone(), key.to_string())).cloned()
     }
 
     /// Creates a pending request of `run` (if it is a run's) at `now_ms` and returns its id.
-    pub fn create_at(&mut self, tenant: &str, run: Option<&str>, now_ms: u64) -> String {
+    pub fn create_at(&mut self, tenant: &TenantId, run: Option<&RunId>, now_ms: u64) -> RequestId {
         let id = self.create(tenant, None);
         if let Some(e) = self.entries.get_mut(&id) {
-            e.run = run.map(str::to_string);
+            e.run = run.cloned();
             e.created_ms = now_ms;
         }
         id
@@ -85,8 +91,8 @@ impl Futures {
         let e = self.entries.get(request_id)?;
         Some(FutureRow {
             request_id: request_id.to_string(),
-            tenant: e.tenant.clone(),
-            run: e.run.clone(),
+            tenant: e.tenant.to_string(),
+            run: e.run.as_ref().map(RunId::to_string),
             created_ms: e.created_ms,
             idempotency_key: e.idempotency_key.clone(),
             outcome_json: e.outcome.as_ref().and_then(|o| serde_json::to_string(o).ok()),
@@ -96,14 +102,18 @@ impl Futures {
     }
 
     /// Re-adds a request recorded before a restart. Ids of this prefix are never reissued.
-    pub fn restore(&mut self, row: &FutureRow) -> Result<(), serde_json::Error> {
+    pub fn restore(&mut self, row: &FutureRow) -> Result<(), CoordinatorError> {
+        let bad = |e: &dyn std::fmt::Display| CoordinatorError::Internal(e.to_string());
         let outcome = match &row.outcome_json {
-            Some(text) => Some(serde_json::from_str::<Outcome>(text)?),
+            Some(text) => Some(serde_json::from_str::<Outcome>(text).map_err(|e| bad(&e))?),
             None => None,
         };
+        let id = RequestId::new(row.request_id.clone()).map_err(|e| bad(&e))?;
+        let tenant = TenantId::new(row.tenant.clone()).map_err(|e| bad(&e))?;
+        let run = row.run.clone().map(RunId::new).transpose().map_err(|e| bad(&e))?;
         let entry = Entry {
-            tenant: row.tenant.clone(),
-            run: row.run.clone(),
+            tenant: tenant.clone(),
+            run,
             created_ms: row.created_ms,
             outcome,
             completed_ms: row.completed_ms,
@@ -111,27 +121,27 @@ impl Futures {
             idempotency_key: row.idempotency_key.clone(),
         };
         if let Some(key) = &row.idempotency_key {
-            self.by_key.insert((row.tenant.clone(), key.clone()), row.request_id.clone());
+            self.by_key.insert((tenant, key.clone()), id.clone());
         }
-        self.entries.insert(row.request_id.clone(), entry);
+        self.entries.insert(id, entry);
         Ok(())
     }
 
     /// Ids of requests without a result yet, in id order.
-    pub fn pending_ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> =
+    pub fn pending_ids(&self) -> Vec<RequestId> {
+        let mut ids: Vec<RequestId> =
             self.entries.iter().filter(|(_, e)| e.outcome.is_none()).map(|(id, _)| id.clone()).collect();
         ids.sort();
         ids
     }
 
     /// A request of `tenant` (None: unknown to this tenant), with its outcome once it has one.
-    pub fn outcome_of(&self, tenant: &str, request_id: &str) -> Option<Option<&Outcome>> {
-        self.entries.get(request_id).filter(|e| e.tenant == tenant).map(|e| e.outcome.as_ref())
+    pub fn outcome_of(&self, tenant: &TenantId, request_id: &str) -> Option<Option<&Outcome>> {
+        self.entries.get(request_id).filter(|e| e.tenant == *tenant).map(|e| e.outcome.as_ref())
     }
 
     /// The tenant a request belongs to.
-    pub fn tenant_of(&self, request_id: &str) -> Option<String> {
+    pub fn tenant_of(&self, request_id: &str) -> Option<TenantId> {
         self.entries.get(request_id).map(|e| e.tenant.clone())
     }
 
@@ -141,15 +151,16 @@ impl Futures {
     }
 
     /// Creates a pending request and returns its id.
-    pub fn create(&mut self, tenant: &str, idempotency_key: Option<&str>) -> String {
-        let id = format!("req-{}-{}", self.id_prefix, self.next);
+    pub fn create(&mut self, tenant: &TenantId, idempotency_key: Option<&str>) -> RequestId {
+        let id = RequestId::new(format!("req-{}-{}", self.id_prefix, self.next))
+            .expect("the prefix is checked in Futures::new and a counter is printable");
         self.next += 1;
         if let Some(key) = idempotency_key {
-            let previous = self.by_key.insert((tenant.to_string(), key.to_string()), id.clone());
+            let previous = self.by_key.insert((tenant.clone(), key.to_string()), id.clone());
             assert!(previous.is_none(), "idempotency key reused; callers check by_idempotency_key first");
         }
         let entry = Entry {
-            tenant: tenant.to_string(),
+            tenant: tenant.clone(),
             run: None,
             created_ms: 0,
             outcome: None,
@@ -184,9 +195,9 @@ impl Futures {
     }
 
     /// Looks a request up for `tenant`; a ready result is marked fetched.
-    pub fn poll(&mut self, tenant: &str, request_id: &str, now_ms: u64) -> Poll {
+    pub fn poll(&mut self, tenant: &TenantId, request_id: &str, now_ms: u64) -> Poll {
         match self.entries.get_mut(request_id) {
-            Some(entry) if entry.tenant == tenant => match &entry.outcome {
+            Some(entry) if entry.tenant == *tenant => match &entry.outcome {
                 None => Poll::Pending,
                 Some(outcome) => {
                     entry.fetched_ms.get_or_insert(now_ms);
@@ -198,8 +209,8 @@ impl Futures {
     }
 
     /// Drops results fetched long enough ago and results nobody fetched for a day; returns their ids.
-    pub fn purge(&mut self, now_ms: u64) -> Vec<String> {
-        let expired: Vec<String> = self
+    pub fn purge(&mut self, now_ms: u64) -> Vec<RequestId> {
+        let expired: Vec<RequestId> = self
             .entries
             .iter()
             .filter(|(_, e)| match (e.completed_ms, e.fetched_ms) {
@@ -231,6 +242,10 @@ impl Futures {
 mod tests {
     use super::*;
 
+    fn t(name: &str) -> TenantId {
+        TenantId::new(name).unwrap()
+    }
+
     fn ok() -> Outcome {
         Outcome::Json(serde_json::json!({"ok": true}))
     }
@@ -238,55 +253,55 @@ mod tests {
     #[test]
     fn a_request_is_pending_until_completed_then_ready() {
         let mut f = Futures::new("t");
-        let id = f.create("alice", None);
-        assert_eq!(f.poll("alice", &id, 0), Poll::Pending);
-        f.complete(&id, ok(), 5);
-        assert_eq!(f.poll("alice", &id, 6), Poll::Ready(ok()));
+        let id = f.create(&t("alice"), None);
+        assert_eq!(f.poll(&t("alice"), id.as_str(), 0), Poll::Pending);
+        f.complete(id.as_str(), ok(), 5);
+        assert_eq!(f.poll(&t("alice"), id.as_str(), 6), Poll::Ready(ok()));
     }
 
     #[test]
     fn another_tenant_cannot_see_a_request() {
         let mut f = Futures::new("t");
-        let id = f.create("alice", None);
-        f.complete(&id, ok(), 5);
-        assert_eq!(f.poll("bob", &id, 6), Poll::Unknown);
-        assert_eq!(f.poll("alice", "req-t-999", 6), Poll::Unknown);
+        let id = f.create(&t("alice"), None);
+        f.complete(id.as_str(), ok(), 5);
+        assert_eq!(f.poll(&t("bob"), id.as_str(), 6), Poll::Unknown);
+        assert_eq!(f.poll(&t("alice"), "req-t-999", 6), Poll::Unknown);
     }
 
     #[test]
     fn the_first_completion_wins() {
         let mut f = Futures::new("t");
-        let id = f.create("alice", None);
-        f.complete(&id, ok(), 1);
-        f.complete(&id, Outcome::Failed { category: ErrorCategory::Server, message: "late".into() }, 2);
-        assert_eq!(f.poll("alice", &id, 3), Poll::Ready(ok()));
+        let id = f.create(&t("alice"), None);
+        f.complete(id.as_str(), ok(), 1);
+        f.complete(id.as_str(), Outcome::Failed { category: ErrorCategory::Server, message: "late".into() }, 2);
+        assert_eq!(f.poll(&t("alice"), id.as_str(), 3), Poll::Ready(ok()));
     }
 
     #[test]
     fn results_stay_until_fetched_and_a_while_after() {
         let mut f = Futures::new("t");
-        let fetched = f.create("alice", Some("key-1"));
-        let unfetched = f.create("alice", None);
-        let pending = f.create("alice", None);
-        f.complete(&fetched, ok(), 0);
-        f.complete(&unfetched, ok(), 0);
-        assert_eq!(f.poll("alice", &fetched, 1_000), Poll::Ready(ok()));
+        let fetched = f.create(&t("alice"), Some("key-1"));
+        let unfetched = f.create(&t("alice"), None);
+        let pending = f.create(&t("alice"), None);
+        f.complete(fetched.as_str(), ok(), 0);
+        f.complete(unfetched.as_str(), ok(), 0);
+        assert_eq!(f.poll(&t("alice"), fetched.as_str(), 1_000), Poll::Ready(ok()));
         assert!(f.purge(1_000 + RETAIN_AFTER_FETCH_MS).is_empty());
         assert_eq!(f.purge(1_001 + RETAIN_AFTER_FETCH_MS), vec![fetched.clone()]);
-        assert_eq!(f.poll("alice", &fetched, 0), Poll::Unknown);
-        assert_eq!(f.by_idempotency_key("alice", "key-1"), None);
+        assert_eq!(f.poll(&t("alice"), fetched.as_str(), 0), Poll::Unknown);
+        assert_eq!(f.by_idempotency_key(&t("alice"), "key-1"), None);
         assert_eq!(f.purge(RETAIN_UNFETCHED_MS + 1), vec![unfetched.clone()]);
-        assert_eq!(f.poll("alice", &pending, RETAIN_UNFETCHED_MS * 9), Poll::Pending);
+        assert_eq!(f.poll(&t("alice"), pending.as_str(), RETAIN_UNFETCHED_MS * 9), Poll::Pending);
         assert_eq!(f.len(), 1);
     }
 
     #[test]
     fn an_idempotency_key_maps_to_its_first_request_per_tenant() {
         let mut f = Futures::new("t");
-        let id = f.create("alice", Some("k"));
-        assert_eq!(f.by_idempotency_key("alice", "k"), Some(id.clone()));
-        assert_eq!(f.by_idempotency_key("bob", "k"), None);
-        let other = f.create("bob", Some("k"));
+        let id = f.create(&t("alice"), Some("k"));
+        assert_eq!(f.by_idempotency_key(&t("alice"), "k"), Some(id.clone()));
+        assert_eq!(f.by_idempotency_key(&t("bob"), "k"), None);
+        let other = f.create(&t("bob"), Some("k"));
         assert_ne!(id, other);
     }
 }

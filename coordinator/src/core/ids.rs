@@ -156,6 +156,13 @@ macro_rules! string_id {
             }
         }
 
+        // Maps keyed by the typed id can be looked up with the `&str` a request carried.
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)

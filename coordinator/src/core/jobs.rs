@@ -22,7 +22,7 @@ use super::api::ReplyTo;
 use super::catalog::CheckpointRecord;
 use super::engine::{Command, CoordinatorCore, STEP_ITEMS_MAX, STEP_TOKENS_MAX};
 use super::futures::Outcome;
-use super::ids::{CheckpointKind, RequestId, RunId, SamplerId, SessionId, TenantId, TinkerPath};
+use super::ids::{CheckpointKind, CheckpointName, RequestId, RunId, SamplerId, SessionId, TenantId, TinkerPath};
 use super::sequencer::Sequencer;
 use crate::store::{CheckpointRow, RunRow, SamplerRow, StoreOp};
 
@@ -51,7 +51,7 @@ pub enum Action {
     Optim(AdamConfig),
     Save {
         kind: CheckpointKind,
-        name: String,
+        name: CheckpointName,
         overwrite: bool,
         ttl_ms: Option<u64>,
         user_metadata: Option<serde_json::Value>,
@@ -248,9 +248,9 @@ impl CoordinatorCore {
             return;
         }
         if let Action::Save { kind, name, overwrite: false, .. } = &job.action {
-            let path = TinkerPath { run: run.as_str().to_string(), kind: *kind, name: name.clone() };
+            let path = TinkerPath { run: run.as_str().to_string(), kind: *kind, name: name.as_str().to_string() };
             let tenant = live.tenant.clone();
-            if self.catalog.checkpoint(tenant.as_str(), &path).is_some() && !job.replay_only {
+            if self.catalog.checkpoint(&tenant, &path).is_some() && !job.replay_only {
                 let outcome =
                     user(format!("checkpoint {path} already exists; pass overwrite=True or choose another name"));
                 self.finish_job(now_ms, run, job, outcome, out);
@@ -286,13 +286,14 @@ impl CoordinatorCore {
                 let dir = self.checkpoint_dir(&TinkerPath {
                     run: r.clone(),
                     kind: CheckpointKind::Weights,
-                    name: name.clone(),
+                    name: name.as_str().to_string(),
                 });
                 out.push(Command::RemoveDir { dir: dir.clone() });
                 ToWorker::SaveState { run: r, dir, optimizer: true }
             }
             Action::Save { kind, name, .. } => {
-                let dir = self.checkpoint_dir(&TinkerPath { run: r.clone(), kind: *kind, name: name.clone() });
+                let dir =
+                    self.checkpoint_dir(&TinkerPath { run: r.clone(), kind: *kind, name: name.as_str().to_string() });
                 out.push(Command::RemoveDir { dir: dir.clone() });
                 ToWorker::ExportPeft { run: r, dir }
             }
@@ -409,8 +410,11 @@ impl CoordinatorCore {
                     FromWorker::Sampled(r) => {
                         let tokens: usize = r.sequences.iter().map(|q| q.tokens.len()).sum();
                         if let Some(tenant) = self.futures.tenant_of(request.as_str()) {
-                            let op =
-                                StoreOp::AddUsage { tenant, counter: "sampled_tokens".into(), amount: tokens as u64 };
+                            let op = StoreOp::AddUsage {
+                                tenant: tenant.to_string(),
+                                counter: "sampled_tokens".into(),
+                                amount: tokens as u64,
+                            };
                             self.persist(vec![op], vec![], out);
                         }
                         Outcome::Sample(r)
@@ -421,13 +425,8 @@ impl CoordinatorCore {
             }
             Purpose::Memory { reply: to, tenant } => match reply {
                 FromWorker::Memory(mut report) => {
-                    report.runs.retain(|run, _| self.catalog.run(tenant.as_str(), run).is_some());
-                    report.samplers.retain(|s, _| {
-                        SamplerId::new(s.clone())
-                            .ok()
-                            .and_then(|s| self.samplers.get(&s))
-                            .is_some_and(|r| r.tenant == tenant)
-                    });
+                    report.runs.retain(|run, _| self.catalog.run(&tenant, run).is_some());
+                    report.samplers.retain(|s, _| self.samplers.get(s.as_str()).is_some_and(|r| r.tenant == tenant));
                     self.reply(to, Ok(super::api::Answer::Memory(report)), out);
                 }
                 FromWorker::Failed { message, .. } => self.reply(
@@ -573,7 +572,7 @@ impl CoordinatorCore {
             return server(format!("training run {run} vanished from the catalogue; this is a lathe bug"));
         };
         let record = CheckpointRecord {
-            run: run.as_str().to_string(),
+            run: run.clone(),
             kind: *kind,
             name: name.clone(),
             tenant,
@@ -606,18 +605,18 @@ fn reply_ok(reply: &FromWorker) -> Result<(), (ErrorCategory, String)> {
 
 pub(super) fn run_row(record: &super::catalog::RunRecord) -> StoreOp {
     StoreOp::PutRun(RunRow {
-        id: record.id.clone(),
-        tenant: record.tenant.clone(),
+        id: record.id.as_str().to_string(),
+        tenant: record.tenant.as_str().to_string(),
         record_json: serde_json::to_string(record).unwrap_or_default(),
     })
 }
 
 pub(super) fn checkpoint_row(record: &CheckpointRecord) -> StoreOp {
     StoreOp::PutCheckpoint(CheckpointRow {
-        run: record.run.clone(),
+        run: record.run.as_str().to_string(),
         kind: record.kind.segment().to_string(),
-        name: record.name.clone(),
-        tenant: record.tenant.clone(),
+        name: record.name.as_str().to_string(),
+        tenant: record.tenant.as_str().to_string(),
         record_json: serde_json::to_string(record).unwrap_or_default(),
     })
 }

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use super::catalog::{CheckpointRecord, RunRecord};
-use super::engine::{CoordinatorCore, CoreConfig, IdSource};
+use super::engine::{CoordinatorCore, CoreConfig, IdSource, ReplySlot};
 use super::futures::Outcome;
 use super::ids::{RequestId, RunId, SamplerId, SessionId, TenantId};
 use super::jobs::{server, Action, Job, LiveRun, SamplerRecord};
@@ -43,7 +43,9 @@ impl CoordinatorCore {
     ) -> Result<CoordinatorCore, CoordinatorError> {
         let mut core = CoordinatorCore::new(config, ids);
         for s in &loaded.sessions {
-            core.sessions.restore_as(&s.id, &s.tenant, s.created_ms, session_state(&s.state), now_ms);
+            let id = SessionId::new(s.id.clone()).map_err(|e| corrupt("session", &s.id, e))?;
+            let tenant = TenantId::new(s.tenant.clone()).map_err(|e| corrupt("session", &s.id, e))?;
+            core.sessions.restore_as(&id, &tenant, s.created_ms, session_state(&s.state), now_ms);
         }
         for r in &loaded.runs {
             let record: RunRecord = serde_json::from_str(&r.record_json).map_err(|e| corrupt("run", &r.id, e))?;
@@ -61,8 +63,8 @@ impl CoordinatorCore {
             let record: SamplerRecord =
                 serde_json::from_str(&s.record_json).map_err(|e| corrupt("sampler", &s.id, e))?;
             let id = SamplerId::new(s.id.clone()).map_err(|e| corrupt("sampler", &s.id, e))?;
-            if core.sessions.check_active(record.tenant.as_str(), record.session.as_str()).is_ok() {
-                core.sessions.add_sampler(record.session.as_str(), id.as_str());
+            if core.sessions.check_active(&record.tenant, record.session.as_str()).is_ok() {
+                core.sessions.add_sampler(&record.session, &id);
             }
             core.samplers.insert(id, SamplerRecord { resident: false, ..record });
         }
@@ -82,17 +84,16 @@ impl CoordinatorCore {
             .catalog
             .all_runs()
             .filter(|r| r.snapshot.is_some())
-            .filter(|r| RunId::new(r.id.clone()).is_ok_and(|id| !core.runs.contains_key(&id)))
+            .filter(|r| !core.runs.contains_key(&r.id))
             .cloned()
             .collect();
         for record in snapshotted {
-            core.restore_run(&record.id, &[], &mut requeued)?;
+            core.restore_run(record.id.as_str(), &[], &mut requeued)?;
         }
         // A pending request that nothing will run (its run is no longer loaded) fails now rather
         // than leaving its client polling forever.
         let mut out = Vec::new();
-        for id in core.futures.pending_ids() {
-            let Ok(request) = RequestId::new(id) else { continue };
+        for request in core.futures.pending_ids() {
             if !requeued.contains(&request) {
                 let outcome = server("lathe restarted and this request's run or sampler is no longer loaded; create a new client from a checkpoint");
                 core.complete(now_ms, &request, outcome, &mut out);
@@ -110,12 +111,12 @@ impl CoordinatorCore {
         requeued: &mut Vec<RequestId>,
     ) -> Result<(), CoordinatorError> {
         let Some(record) = self.catalog.run_mut(run).map(|r| r.clone()) else { return Ok(()) };
-        if self.sessions.check_active(&record.tenant, &record.session_id).is_err() {
+        if self.sessions.check_active(&record.tenant, record.session_id.as_str()).is_err() {
             return Ok(());
         }
         let id = RunId::new(run).map_err(|e| corrupt("run", run, e))?;
-        let tenant = TenantId::new(record.tenant.clone()).map_err(|e| corrupt("run", run, e))?;
-        let session = SessionId::new(record.session_id.clone()).map_err(|e| corrupt("run", run, e))?;
+        let tenant = record.tenant.clone();
+        let session = record.session_id.clone();
         let first_seq = record.snapshot.as_ref().map_or(0, |s| s.through_seq_id + 1);
         let mut live = LiveRun::new(tenant, session, record.base_model.clone(), first_seq);
         if let Some(s) = &record.snapshot {
@@ -142,7 +143,7 @@ impl CoordinatorCore {
             }
             if row.seq_id == 0 {
                 let reply = serde_json::json!({"request_id": request.as_str(), "model_id": run});
-                self.remember(&request, format!("create:{run}"), &reply);
+                self.remember(&request, ReplySlot::Create(id.clone()), &reply);
             }
         }
         // The sequencer of a fresh run starts at 1 (seq 0 is its create).
@@ -151,7 +152,7 @@ impl CoordinatorCore {
             return Ok(());
         }
         live.replaying = live.queue.iter().filter(|j| j.request.is_some()).count();
-        self.sessions.add_run(&record.session_id, id.as_str());
+        self.sessions.add_run(&record.session_id, &id);
         self.runs.insert(id, live);
         Ok(())
     }

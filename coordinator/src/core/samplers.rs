@@ -10,7 +10,7 @@ use runtime::control::{ErrorCategory, SampleRequest, SamplerAdapter, ToWorker};
 use serde_json::json;
 
 use super::api::{Answer, ReplyTo};
-use super::engine::{Command, CoordinatorCore};
+use super::engine::{Command, CoordinatorCore, ReplySlot};
 use super::ids::{RequestId, SamplerId, TenantId, TinkerPath};
 use super::jobs::{sampler_row, Purpose, SamplerRecord};
 use super::sampling::{to_control, ModelLimits, SampleRequestJson};
@@ -56,11 +56,11 @@ impl CoordinatorCore {
                     let p = TinkerPath::parse(&path)
                         .map_err(|e| CoordinatorError::BadRequest(format!("model_path: {e}")))?;
                     self.catalog
-                        .checkpoint(tenant.as_str(), &p)
+                        .checkpoint(tenant, &p)
                         .ok_or_else(|| CoordinatorError::NotFound(format!("checkpoint {p} not found")))?;
                     let run = self
                         .catalog
-                        .run(tenant.as_str(), &p.run)
+                        .run(tenant, &p.run)
                         .ok_or_else(|| CoordinatorError::NotFound(format!("training run {} not found", p.run)))?;
                     if let Some(base) = base_model.as_ref().filter(|b| **b != run.base_model) {
                         return Err(CoordinatorError::BadRequest(format!(
@@ -107,7 +107,7 @@ impl CoordinatorCore {
     }
 
     fn active_session_id(&self, tenant: &TenantId, session: &str) -> Result<super::ids::SessionId, CoordinatorError> {
-        self.sessions.check_active(tenant.as_str(), session).map_err(|r| super::front::session_error(session, r))?;
+        self.sessions.check_active(tenant, session).map_err(|r| super::front::session_error(session, r))?;
         super::ids::SessionId::new(session).map_err(|e| CoordinatorError::BadRequest(e.to_string()))
     }
 
@@ -163,8 +163,8 @@ impl CoordinatorCore {
         out: &mut Vec<Command>,
     ) -> Vec<StoreOp> {
         let ops = vec![sampler_row(&sampler, &record)];
-        if self.sessions.check_active(record.tenant.as_str(), record.session.as_str()).is_ok() {
-            self.sessions.add_sampler(record.session.as_str(), sampler.as_str());
+        if self.sessions.check_active(&record.tenant, record.session.as_str()).is_ok() {
+            self.sessions.add_sampler(&record.session, &sampler);
         }
         self.samplers.insert(sampler.clone(), SamplerRecord { resident: true, ..record });
         self.sampler_last_use_ms.insert(sampler.clone(), now_ms);
@@ -276,19 +276,19 @@ impl CoordinatorCore {
             )
         })?;
         let seq_id = req.seq_id.unwrap_or(0);
-        let idem = idempotency_key.map(|k| format!("idem:{tenant}:{k}"));
-        let slot = format!("sample:{sampler_name}:{seq_id}");
+        let not_found =
+            || CoordinatorError::NotFound(format!("sampler {sampler_name} not found (unknown, or its session ended)"));
+        let sampler = SamplerId::new(sampler_name.clone()).map_err(|_| not_found())?;
+        let idem = idempotency_key.map(|key| ReplySlot::Idempotency { tenant: tenant.clone(), key });
+        let slot = ReplySlot::Sample { sampler: sampler.clone(), seq_id };
         for key in idem.iter().chain([&slot]) {
             if let Some(reply) = self.replies.get(key) {
                 return Ok((reply.clone(), vec![]));
             }
         }
-        let not_found =
-            || CoordinatorError::NotFound(format!("sampler {sampler_name} not found (unknown, or its session ended)"));
-        let sampler = SamplerId::new(sampler_name.clone()).map_err(|_| not_found())?;
         let record = self.samplers.get(&sampler).filter(|s| s.tenant == *tenant).cloned().ok_or_else(not_found)?;
         self.sessions
-            .check_active(tenant.as_str(), record.session.as_str())
+            .check_active(tenant, record.session.as_str())
             .map_err(|r| super::front::session_error(record.session.as_str(), r))?;
         let info = self
             .config
@@ -324,7 +324,8 @@ impl CoordinatorCore {
                 self.dispatch_sample(now_ms, sampler, request, control, out);
             }
             Err(message) => {
-                let outcome = super::futures::Outcome::Failed { category: ErrorCategory::User, message };
+                let outcome =
+                    super::futures::Outcome::Failed { category: ErrorCategory::User, message: message.to_string() };
                 self.complete(now_ms, &request, outcome, out);
             }
         }

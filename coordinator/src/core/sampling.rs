@@ -3,6 +3,7 @@
 //! `record_stability_info`) is refused naming the field, because the SDK checks some of these
 //! results and would otherwise blame the server ("server may predate this feature").
 
+use crate::error::{invalid, CoordinatorError};
 use runtime::control::{SampleRequest, SamplingConfig, StopConditions};
 use serde::Deserialize;
 use serde_json::Value;
@@ -55,34 +56,38 @@ pub struct ModelLimits {
 }
 
 /// Concatenates `encoded_text` chunks into token ids; `field` names the input in errors.
-pub fn prompt_tokens(chunks: &[Value], limits: ModelLimits, field: &str) -> Result<Vec<u32>, String> {
+pub fn prompt_tokens(chunks: &[Value], limits: ModelLimits, field: &str) -> Result<Vec<u32>, CoordinatorError> {
     let mut tokens = Vec::new();
     for (i, chunk) in chunks.iter().enumerate() {
         let kind = chunk.get("type").and_then(Value::as_str).unwrap_or("encoded_text");
         if kind != "encoded_text" {
-            return Err(format!("{field}.chunks[{i}]: chunk type {kind:?} is not supported (text models only)"));
+            return Err(invalid(format!(
+                "{field}.chunks[{i}]: chunk type {kind:?} is not supported (text models only)"
+            )));
         }
         let list = chunk
             .get("tokens")
             .and_then(Value::as_array)
-            .ok_or_else(|| format!("{field}.chunks[{i}].tokens: expected a list of token ids"))?;
+            .ok_or_else(|| invalid(format!("{field}.chunks[{i}].tokens: expected a list of token ids")))?;
         for t in list {
             let id = t.as_u64().filter(|&id| (id as usize) < limits.vocab_size).ok_or_else(|| {
-                format!(
-                    "{field}.chunks[{i}].tokens: {t} is not a token id below the vocabulary size {}",
-                    limits.vocab_size
-                )
+                invalid({
+                    format!(
+                        "{field}.chunks[{i}].tokens: {t} is not a token id below the vocabulary size {}",
+                        limits.vocab_size
+                    )
+                })
             })?;
             tokens.push(id as u32);
         }
     }
     if tokens.is_empty() {
-        return Err(format!("{field}: the prompt is empty; give at least one token"));
+        return Err(invalid(format!("{field}: the prompt is empty; give at least one token")));
     }
     Ok(tokens)
 }
 
-fn stop_conditions(stop: Option<&Value>) -> Result<StopConditions, String> {
+fn stop_conditions(stop: Option<&Value>) -> Result<StopConditions, CoordinatorError> {
     let mut out = StopConditions { token_ids: vec![], strings: vec![], eos: true };
     match stop {
         None | Some(Value::Null) => {}
@@ -96,18 +101,20 @@ fn stop_conditions(stop: Option<&Value>) -> Result<StopConditions, String> {
                         let id = n
                             .as_u64()
                             .and_then(|v| u32::try_from(v).ok())
-                            .ok_or_else(|| format!("sampling_params.stop: {n} is not a token id"))?;
+                            .ok_or_else(|| invalid(format!("sampling_params.stop: {n} is not a token id")))?;
                         out.token_ids.push(id);
                     }
                     _ => {
-                        return Err(
-                            "sampling_params.stop: give a string, a list of strings or a list of token ids".into()
-                        )
+                        return Err(invalid(
+                            "sampling_params.stop: give a string, a list of strings or a list of token ids",
+                        ))
                     }
                 }
             }
         }
-        Some(_) => return Err("sampling_params.stop: give a string, a list of strings or a list of token ids".into()),
+        Some(_) => {
+            return Err(invalid("sampling_params.stop: give a string, a list of strings or a list of token ids"))
+        }
     }
     Ok(out)
 }
@@ -117,27 +124,27 @@ fn sampling_config(
     prompt_len: usize,
     limits: ModelLimits,
     default_seed: u64,
-) -> Result<SamplingConfig, String> {
+) -> Result<SamplingConfig, CoordinatorError> {
     let room = limits.max_context_length.saturating_sub(prompt_len);
-    let max_tokens = p.max_tokens.ok_or("sampling_params.max_tokens is required")?;
+    let max_tokens = p.max_tokens.ok_or(invalid("sampling_params.max_tokens is required"))?;
     if max_tokens < 1 || max_tokens as usize > room {
-        return Err(format!(
+        return Err(invalid(format!(
             "sampling_params.max_tokens: {max_tokens} is not in 1..={room} \
              (context {} minus a {prompt_len}-token prompt)",
             limits.max_context_length
-        ));
+        )));
     }
     let temperature = p.temperature.unwrap_or(1.0);
     if !(temperature.is_finite() && temperature >= 0.0) {
-        return Err(format!("sampling_params.temperature: {temperature} is not a finite number >= 0"));
+        return Err(invalid(format!("sampling_params.temperature: {temperature} is not a finite number >= 0")));
     }
     let top_k = p.top_k.unwrap_or(-1);
     if !(top_k == -1 || (1..=i64::from(i32::MAX)).contains(&top_k)) {
-        return Err(format!("sampling_params.top_k: {top_k} is not -1 (off) or a positive count"));
+        return Err(invalid(format!("sampling_params.top_k: {top_k} is not -1 (off) or a positive count")));
     }
     let top_p = p.top_p.unwrap_or(1.0);
     if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(format!("sampling_params.top_p: {top_p} is not in (0, 1]"));
+        return Err(invalid(format!("sampling_params.top_p: {top_p} is not in (0, 1]")));
     }
     let seed = match &p.seed {
         None | Some(Value::Null) => default_seed,
@@ -145,9 +152,9 @@ fn sampling_config(
             (Some(u), _) => u,
             // Two's complement keeps distinct negative seeds distinct.
             (None, Some(i)) => i as u64,
-            _ => return Err(format!("sampling_params.seed: {n} is not a 64-bit integer")),
+            _ => return Err(invalid(format!("sampling_params.seed: {n} is not a 64-bit integer"))),
         },
-        Some(other) => return Err(format!("sampling_params.seed: {other} is not an integer")),
+        Some(other) => return Err(invalid(format!("sampling_params.seed: {other} is not an integer"))),
     };
     Ok(SamplingConfig {
         max_tokens: max_tokens as usize,
@@ -165,30 +172,30 @@ pub fn to_control(
     sampler: &str,
     limits: ModelLimits,
     default_seed: u64,
-) -> Result<SampleRequest, String> {
+) -> Result<SampleRequest, CoordinatorError> {
     if req.target_prompt_logprobs.is_some() {
-        return Err("target_prompt_logprobs is not supported by lathe; leave it unset".into());
+        return Err(invalid("target_prompt_logprobs is not supported by lathe; leave it unset"));
     }
     if req.prompt_alt_tokens_k.unwrap_or(0) != 0 {
-        return Err("prompt_alt_tokens_k is not supported by lathe; use 0".into());
+        return Err(invalid("prompt_alt_tokens_k is not supported by lathe; use 0"));
     }
     if req.record_stability_info.unwrap_or(false) {
-        return Err("record_stability_info is not supported by lathe; use false".into());
+        return Err(invalid("record_stability_info is not supported by lathe; use false"));
     }
     let num_samples = req.num_samples.unwrap_or(1);
     if !(1..=NUM_SAMPLES_MAX).contains(&num_samples) {
-        return Err(format!("num_samples: {num_samples} is not in 1..={NUM_SAMPLES_MAX}"));
+        return Err(invalid(format!("num_samples: {num_samples} is not in 1..={NUM_SAMPLES_MAX}")));
     }
     let prompt = prompt_tokens(&req.prompt.chunks, limits, "prompt")?;
     let topk_prompt_logprobs = req.topk_prompt_logprobs.unwrap_or(0);
     let topk_sample_logprobs = req.topk_sample_logprobs.unwrap_or(0);
     for (name, k) in [("topk_prompt_logprobs", topk_prompt_logprobs), ("topk_sample_logprobs", topk_sample_logprobs)] {
         if k > TOPK_MAX {
-            return Err(format!("{name}: {k} is above the maximum {TOPK_MAX}"));
+            return Err(invalid(format!("{name}: {k} is above the maximum {TOPK_MAX}")));
         }
     }
     if req.prompt_logprobs_last_n == Some(0) {
-        return Err("prompt_logprobs_last_n: 0 scores nothing; leave it unset or give a positive count".into());
+        return Err(invalid("prompt_logprobs_last_n: 0 scores nothing; leave it unset or give a positive count"));
     }
     let params = sampling_config(&req.sampling_params, prompt.len(), limits, default_seed)?;
     let out = SampleRequest {
@@ -256,11 +263,11 @@ mod tests {
             let mut v = base();
             v[field] = value;
             let err = to_control(&parse(v), "s", LIMITS, 0).unwrap_err();
-            assert!(err.contains(field), "{err}");
+            assert!(err.to_string().contains(field), "{err}");
         }
         let mut v = base();
         v["prompt"]["chunks"][0] = json!({"type":"image","data":"","format":"png"});
-        assert!(to_control(&parse(v), "s", LIMITS, 0).unwrap_err().contains("image"));
+        assert!(to_control(&parse(v), "s", LIMITS, 0).unwrap_err().to_string().contains("image"));
     }
 
     #[test]
@@ -275,14 +282,14 @@ mod tests {
             let mut v = base();
             v["sampling_params"][path] = value;
             let err = to_control(&parse(v), "s", LIMITS, 0).unwrap_err();
-            assert!(err.contains(field), "{err}");
+            assert!(err.to_string().contains(field), "{err}");
         }
         let mut v = base();
         v["prompt"]["chunks"][0]["tokens"] = json!([100]);
-        assert!(to_control(&parse(v), "s", LIMITS, 0).unwrap_err().contains("vocabulary"));
+        assert!(to_control(&parse(v), "s", LIMITS, 0).unwrap_err().to_string().contains("vocabulary"));
         let mut v = base();
         v["sampling_params"].as_object_mut().unwrap().remove("max_tokens");
-        assert!(to_control(&parse(v), "s", LIMITS, 0).unwrap_err().contains("max_tokens"));
+        assert!(to_control(&parse(v), "s", LIMITS, 0).unwrap_err().to_string().contains("max_tokens"));
     }
 
     #[test]

@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 
+use super::ids::{RunId, SamplerId, SessionId, TenantId};
+
 /// A session expires after this long without a heartbeat (the SDK beats every 10 s).
 pub const SESSION_EXPIRY_MS: u64 = 300_000;
 
@@ -20,12 +22,12 @@ pub enum SessionState {
 
 #[derive(Debug)]
 struct Session {
-    tenant: String,
+    tenant: TenantId,
     created_ms: u64,
     last_heartbeat_ms: u64,
     state: SessionState,
-    runs: Vec<String>,
-    samplers: Vec<String>,
+    runs: Vec<RunId>,
+    samplers: Vec<SamplerId>,
 }
 
 /// Why a session operation was refused.
@@ -40,15 +42,15 @@ pub enum SessionRefusal {
 /// What an ending session leaves to clean up.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Ended {
-    pub session_id: String,
-    pub runs: Vec<String>,
-    pub samplers: Vec<String>,
+    pub session_id: Option<SessionId>,
+    pub runs: Vec<RunId>,
+    pub samplers: Vec<SamplerId>,
 }
 
 #[derive(Debug, Default)]
 pub struct Sessions {
     next: u64,
-    by_id: BTreeMap<String, Session>,
+    by_id: BTreeMap<SessionId, Session>,
 }
 
 impl Sessions {
@@ -57,16 +59,16 @@ impl Sessions {
     }
 
     /// Creates an active session for `tenant`; its first heartbeat deadline starts now.
-    pub fn create(&mut self, tenant: &str, now_ms: u64) -> String {
-        let id = format!("sess-{}", self.next);
+    pub fn create(&mut self, tenant: &TenantId, now_ms: u64) -> SessionId {
+        let id = SessionId::new(format!("sess-{}", self.next)).unwrap_or_else(|_| unreachable!("sess-<n> is valid"));
         self.next += 1;
         self.insert(&id, tenant, now_ms, SessionState::Active);
         id
     }
 
     /// Re-adds a session known from before a restart. Its in-memory runs are gone, so it is expired.
-    pub fn restore(&mut self, id: &str, tenant: &str, now_ms: u64) {
-        if let Some(n) = id.strip_prefix("sess-").and_then(|n| n.parse::<u64>().ok()) {
+    pub fn restore(&mut self, id: &SessionId, tenant: &TenantId, now_ms: u64) {
+        if let Some(n) = id.as_str().strip_prefix("sess-").and_then(|n| n.parse::<u64>().ok()) {
             self.next = self.next.max(n + 1);
         }
         self.insert(id, tenant, now_ms, SessionState::Expired);
@@ -74,8 +76,8 @@ impl Sessions {
 
     /// Re-adds a session recorded before a restart in the state it had. An active one gets a full
     /// expiry period from `now_ms`: its client's heartbeats resume once the server answers.
-    pub fn restore_as(&mut self, id: &str, tenant: &str, created_ms: u64, state: SessionState, now_ms: u64) {
-        if let Some(n) = id.strip_prefix("sess-").and_then(|n| n.parse::<u64>().ok()) {
+    pub fn restore_as(&mut self, id: &SessionId, tenant: &TenantId, created_ms: u64, state: SessionState, now_ms: u64) {
+        if let Some(n) = id.as_str().strip_prefix("sess-").and_then(|n| n.parse::<u64>().ok()) {
             self.next = self.next.max(n + 1);
         }
         self.insert(id, tenant, now_ms, state);
@@ -85,40 +87,40 @@ impl Sessions {
     }
 
     /// (tenant, created_ms, state) of a session, for persisting it.
-    pub fn describe(&self, id: &str) -> Option<(String, u64, SessionState)> {
+    pub fn describe(&self, id: &str) -> Option<(TenantId, u64, SessionState)> {
         self.by_id.get(id).map(|s| (s.tenant.clone(), s.created_ms, s.state))
     }
 
-    fn insert(&mut self, id: &str, tenant: &str, now_ms: u64, state: SessionState) {
+    fn insert(&mut self, id: &SessionId, tenant: &TenantId, now_ms: u64, state: SessionState) {
         let session = Session {
-            tenant: tenant.to_string(),
+            tenant: tenant.clone(),
             created_ms: now_ms,
             last_heartbeat_ms: now_ms,
             state,
             runs: vec![],
             samplers: vec![],
         };
-        let previous = self.by_id.insert(id.to_string(), session);
+        let previous = self.by_id.insert(id.clone(), session);
         assert!(previous.is_none(), "session id {id} allocated twice");
     }
 
-    fn get_mut(&mut self, tenant: &str, id: &str) -> Result<&mut Session, SessionRefusal> {
+    fn get_mut(&mut self, tenant: &TenantId, id: &str) -> Result<&mut Session, SessionRefusal> {
         match self.by_id.get_mut(id) {
-            Some(s) if s.tenant == tenant => Ok(s),
+            Some(s) if s.tenant == *tenant => Ok(s),
             _ => Err(SessionRefusal::Unknown),
         }
     }
 
     /// Ok when the session exists for `tenant` and is active (may take new work).
-    pub fn check_active(&self, tenant: &str, id: &str) -> Result<(), SessionRefusal> {
+    pub fn check_active(&self, tenant: &TenantId, id: &str) -> Result<(), SessionRefusal> {
         match self.by_id.get(id) {
-            Some(s) if s.tenant == tenant && s.state == SessionState::Active => Ok(()),
-            Some(s) if s.tenant == tenant => Err(SessionRefusal::Gone(s.state)),
+            Some(s) if s.tenant == *tenant && s.state == SessionState::Active => Ok(()),
+            Some(s) if s.tenant == *tenant => Err(SessionRefusal::Gone(s.state)),
             _ => Err(SessionRefusal::Unknown),
         }
     }
 
-    pub fn heartbeat(&mut self, tenant: &str, id: &str, now_ms: u64) -> Result<(), SessionRefusal> {
+    pub fn heartbeat(&mut self, tenant: &TenantId, id: &str, now_ms: u64) -> Result<(), SessionRefusal> {
         let s = self.get_mut(tenant, id)?;
         if s.state != SessionState::Active {
             return Err(SessionRefusal::Gone(s.state));
@@ -128,24 +130,25 @@ impl Sessions {
     }
 
     /// Ends the session (first reason wins; finishing twice is fine and hands back nothing new).
-    pub fn finish(&mut self, tenant: &str, id: &str) -> Result<Ended, SessionRefusal> {
+    pub fn finish(&mut self, tenant: &TenantId, id: &str) -> Result<Ended, SessionRefusal> {
         let s = self.get_mut(tenant, id)?;
+        let session_id = SessionId::new(id).ok();
         if s.state != SessionState::Active {
-            return Ok(Ended { session_id: id.to_string(), ..Ended::default() });
+            return Ok(Ended { session_id, ..Ended::default() });
         }
         s.state = SessionState::Finished;
-        Ok(Ended { session_id: id.to_string(), runs: s.runs.clone(), samplers: s.samplers.clone() })
+        Ok(Ended { session_id, runs: s.runs.clone(), samplers: s.samplers.clone() })
     }
 
     /// Records that `run` belongs to session `id` (dropped with it).
-    pub fn add_run(&mut self, id: &str, run: &str) {
+    pub fn add_run(&mut self, id: &SessionId, run: &RunId) {
         let s = self.by_id.get_mut(id).expect("runs are added to sessions that were checked active");
-        s.runs.push(run.to_string());
+        s.runs.push(run.clone());
     }
 
-    pub fn add_sampler(&mut self, id: &str, sampler: &str) {
+    pub fn add_sampler(&mut self, id: &SessionId, sampler: &SamplerId) {
         let s = self.by_id.get_mut(id).expect("samplers are added to sessions that were checked active");
-        s.samplers.push(sampler.to_string());
+        s.samplers.push(sampler.clone());
     }
 
     /// Expires every active session whose last heartbeat is [`SESSION_EXPIRY_MS`] old or older.
@@ -154,7 +157,7 @@ impl Sessions {
         for (id, s) in self.by_id.iter_mut() {
             if s.state == SessionState::Active && now_ms.saturating_sub(s.last_heartbeat_ms) >= SESSION_EXPIRY_MS {
                 s.state = SessionState::Expired;
-                ended.push(Ended { session_id: id.clone(), runs: s.runs.clone(), samplers: s.samplers.clone() });
+                ended.push(Ended { session_id: Some(id.clone()), runs: s.runs.clone(), samplers: s.samplers.clone() });
             }
         }
         ended
@@ -169,24 +172,35 @@ impl Sessions {
 mod tests {
     use super::*;
 
+    fn t(name: &str) -> TenantId {
+        TenantId::new(name).unwrap()
+    }
+
+    fn run(id: &str) -> RunId {
+        RunId::new(id).unwrap()
+    }
+
     #[test]
     fn a_session_expires_after_300_s_without_heartbeat_and_then_refuses_heartbeats() {
         let mut s = Sessions::new();
-        let id = s.create("alice", 0);
-        s.add_run(&id, &format!("{id}:train:0"));
+        let id = s.create(&t("alice"), 0);
+        s.add_run(&id, &run(&format!("{id}:train:0")));
         assert!(s.expire(SESSION_EXPIRY_MS - 1).is_empty());
         let ended = s.expire(SESSION_EXPIRY_MS);
         assert_eq!(ended.len(), 1);
-        assert_eq!(ended[0].runs, vec![format!("{id}:train:0")]);
-        assert_eq!(s.heartbeat("alice", &id, SESSION_EXPIRY_MS + 1), Err(SessionRefusal::Gone(SessionState::Expired)));
+        assert_eq!(ended[0].runs, vec![run(&format!("{id}:train:0"))]);
+        assert_eq!(
+            s.heartbeat(&t("alice"), id.as_str(), SESSION_EXPIRY_MS + 1),
+            Err(SessionRefusal::Gone(SessionState::Expired))
+        );
         assert!(s.expire(10 * SESSION_EXPIRY_MS).is_empty(), "expiry is reported once");
     }
 
     #[test]
     fn heartbeats_push_expiry_back() {
         let mut s = Sessions::new();
-        let id = s.create("alice", 0);
-        s.heartbeat("alice", &id, 200_000).unwrap();
+        let id = s.create(&t("alice"), 0);
+        s.heartbeat(&t("alice"), id.as_str(), 200_000).unwrap();
         assert!(s.expire(SESSION_EXPIRY_MS + 100_000).is_empty());
         assert_eq!(s.expire(SESSION_EXPIRY_MS + 200_000).len(), 1);
     }
@@ -194,30 +208,30 @@ mod tests {
     #[test]
     fn finishing_hands_back_runs_and_samplers_once_and_refuses_later_work() {
         let mut s = Sessions::new();
-        let id = s.create("alice", 0);
-        s.add_run(&id, "r");
-        s.add_sampler(&id, "smp");
-        let ended = s.finish("alice", &id).unwrap();
-        assert_eq!((ended.runs, ended.samplers), (vec!["r".to_string()], vec!["smp".to_string()]));
-        assert_eq!(s.finish("alice", &id).unwrap().runs, Vec::<String>::new());
-        assert_eq!(s.check_active("alice", &id), Err(SessionRefusal::Gone(SessionState::Finished)));
+        let id = s.create(&t("alice"), 0);
+        s.add_run(&id, &run("r"));
+        s.add_sampler(&id, &SamplerId::new("smp").unwrap());
+        let ended = s.finish(&t("alice"), id.as_str()).unwrap();
+        assert_eq!((ended.runs, ended.samplers), (vec![run("r")], vec![SamplerId::new("smp").unwrap()]));
+        assert_eq!(s.finish(&t("alice"), id.as_str()).unwrap().runs, Vec::<RunId>::new());
+        assert_eq!(s.check_active(&t("alice"), id.as_str()), Err(SessionRefusal::Gone(SessionState::Finished)));
         assert!(s.expire(10 * SESSION_EXPIRY_MS).is_empty());
     }
 
     #[test]
     fn sessions_are_invisible_to_other_tenants() {
         let mut s = Sessions::new();
-        let id = s.create("alice", 0);
-        assert_eq!(s.heartbeat("bob", &id, 1), Err(SessionRefusal::Unknown));
-        assert_eq!(s.finish("bob", &id), Err(SessionRefusal::Unknown));
-        assert_eq!(s.check_active("bob", &id), Err(SessionRefusal::Unknown));
+        let id = s.create(&t("alice"), 0);
+        assert_eq!(s.heartbeat(&t("bob"), id.as_str(), 1), Err(SessionRefusal::Unknown));
+        assert_eq!(s.finish(&t("bob"), id.as_str()), Err(SessionRefusal::Unknown));
+        assert_eq!(s.check_active(&t("bob"), id.as_str()), Err(SessionRefusal::Unknown));
     }
 
     #[test]
     fn restored_sessions_are_expired_and_new_ids_do_not_collide() {
         let mut s = Sessions::new();
-        s.restore("sess-7", "alice", 0);
+        s.restore(&SessionId::new("sess-7").unwrap(), &t("alice"), 0);
         assert_eq!(s.state("sess-7"), Some(SessionState::Expired));
-        assert_eq!(s.create("alice", 0), "sess-8");
+        assert_eq!(s.create(&t("alice"), 0).as_str(), "sess-8");
     }
 }

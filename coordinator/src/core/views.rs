@@ -32,7 +32,7 @@ pub(super) fn checkpoint_json(c: &CheckpointRecord) -> Value {
 
 impl CoordinatorCore {
     fn run_json(&self, r: &RunRecord) -> Value {
-        let last = |kind| self.catalog.last_checkpoint(&r.tenant, &r.id, kind).map(checkpoint_json);
+        let last = |kind| self.catalog.last_checkpoint(&r.tenant, r.id.as_str(), kind).map(checkpoint_json);
         json!({
             "training_run_id": r.id, "base_model": r.base_model, "model_owner": r.tenant, "is_lora": true,
             "corrupted": false, "lora_rank": r.lora.rank, "last_request_time": iso8601_ms(r.last_request_ms),
@@ -43,9 +43,7 @@ impl CoordinatorCore {
     }
 
     fn run_of(&self, tenant: &TenantId, run: &str) -> Result<&RunRecord, CoordinatorError> {
-        self.catalog
-            .run(tenant.as_str(), run)
-            .ok_or_else(|| CoordinatorError::NotFound(format!("training run {run} not found")))
+        self.catalog.run(tenant, run).ok_or_else(|| CoordinatorError::NotFound(format!("training run {run} not found")))
     }
 
     /// The checkpoint a REST path names, if the tenant owns it.
@@ -63,7 +61,7 @@ impl CoordinatorCore {
         })?;
         let p = TinkerPath { run, kind, name };
         self.catalog
-            .checkpoint(tenant.as_str(), &p)
+            .checkpoint(tenant, &p)
             .ok_or_else(|| CoordinatorError::NotFound(format!("checkpoint {p} not found")))?;
         Ok(p)
     }
@@ -99,25 +97,25 @@ impl CoordinatorCore {
             }
             ApiRequest::GetSampler { sampler } => self.get_sampler(&tenant, &sampler),
             ApiRequest::ListRuns { limit, offset } => {
-                let (runs, cursor) = page(self.catalog.runs_of(tenant.as_str()), limit, offset, 20);
+                let (runs, cursor) = page(self.catalog.runs_of(&tenant), limit, offset, 20);
                 let runs: Vec<Value> = runs.into_iter().map(|r| self.run_json(r)).collect();
                 Ok(Answer::Json(json!({"training_runs": runs, "cursor": cursor})))
             }
             ApiRequest::GetRun { run } => self.run_of(&tenant, &run).map(|r| Answer::Json(self.run_json(r))),
             ApiRequest::ListRunCheckpoints { run } => self.run_of(&tenant, &run).map(|_| {
                 let list: Vec<Value> =
-                    self.catalog.checkpoints_of_run(tenant.as_str(), &run).into_iter().map(checkpoint_json).collect();
+                    self.catalog.checkpoints_of_run(&tenant, &run).into_iter().map(checkpoint_json).collect();
                 Answer::Json(json!({ "checkpoints": list }))
             }),
             ApiRequest::ListCheckpoints { limit, offset } => {
-                let (list, cursor) = page(self.catalog.checkpoints_of(tenant.as_str()), limit, offset, 100);
+                let (list, cursor) = page(self.catalog.checkpoints_of(&tenant), limit, offset, 100);
                 let list: Vec<Value> = list.into_iter().map(checkpoint_json).collect();
                 Ok(Answer::Json(json!({"checkpoints": list, "cursor": cursor})))
             }
             ApiRequest::WeightsInfo { tinker_path } => (|| {
                 let p = TinkerPath::parse(&tinker_path).map_err(|e| CoordinatorError::BadRequest(e.to_string()))?;
                 self.catalog
-                    .checkpoint(tenant.as_str(), &p)
+                    .checkpoint(&tenant, &p)
                     .ok_or_else(|| CoordinatorError::NotFound(format!("checkpoint {p} not found")))?;
                 let r = self.run_of(&tenant, &p.run)?;
                 Ok(Answer::Json(json!({
@@ -153,7 +151,7 @@ impl CoordinatorCore {
                     Ok((p, expires_ms)) => {
                         self.catalog.set_expiry(&p, expires_ms);
                         let ops: Vec<_> =
-                            self.catalog.checkpoint(tenant.as_str(), &p).map(checkpoint_row).into_iter().collect();
+                            self.catalog.checkpoint(&tenant, &p).map(checkpoint_row).into_iter().collect();
                         let reply = Command::Reply { to, reply: Ok(Answer::Json(json!({}))) };
                         return self.persist(ops, vec![reply], out);
                     }

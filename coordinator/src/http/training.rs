@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::{idempotency_key, parse_json, Http, Tenant};
 use crate::core::api::{ApiRequest, LoraRequest, SaveRequest as CoreSave, SequencedBody};
-use crate::error::ApiError;
+use crate::error::{invalid, ApiError, CoordinatorError};
 
 type Reply = Result<Json<Value>, ApiError>;
 
@@ -119,7 +119,7 @@ pub async fn forward_backward(
         }
         Err(e) => match e.request_seq() {
             Some((model_id, seq_id)) => {
-                let body = SequencedBody::ForwardBackward(Err(e.to_string()));
+                let body = SequencedBody::ForwardBackward(Err(invalid(e.to_string())));
                 sequenced(&app, &tenant, &headers, model_id.to_string(), i64::from(seq_id), body).await
             }
             None => Err(ApiError::bad_request(e.to_string())),
@@ -146,7 +146,7 @@ struct OptimStepRequest {
 }
 
 /// AdamParams with the SDK's defaults for absent fields, range-checked.
-fn adam_config(p: &AdamParamsJson) -> Result<AdamConfig, String> {
+fn adam_config(p: &AdamParamsJson) -> Result<AdamConfig, CoordinatorError> {
     let c = AdamConfig {
         learning_rate: p.learning_rate.unwrap_or(1e-4),
         beta1: p.beta1.unwrap_or(0.9),
@@ -165,7 +165,7 @@ fn adam_config(p: &AdamParamsJson) -> Result<AdamConfig, String> {
     ];
     for (name, value, ok, want) in checks {
         if !(ok && value.is_finite()) {
-            return Err(format!("adam_params.{name}: {value} must be finite and {want}"));
+            return Err(invalid(format!("adam_params.{name}: {value} must be finite and {want}")));
         }
     }
     Ok(c)
@@ -179,9 +179,9 @@ pub async fn optim_step(
 ) -> Reply {
     let req: OptimStepRequest = parse_json(&body, "optim_step")?;
     let adam = if req.optimizer_params.is_some() {
-        Err("optimizer_params (e.g. dimuon) is not supported; send adam_params".to_string())
+        Err(invalid("optimizer_params (e.g. dimuon) is not supported; send adam_params"))
     } else {
-        req.adam_params.as_ref().ok_or_else(|| "adam_params is required".to_string()).and_then(adam_config)
+        req.adam_params.as_ref().ok_or_else(|| invalid("adam_params is required")).and_then(adam_config)
     };
     sequenced(&app, &tenant, &headers, req.model_id, req.seq_id, SequencedBody::Optim(adam)).await
 }
@@ -305,6 +305,6 @@ mod tests {
         let c = adam_config(&none).unwrap();
         assert_eq!((c.learning_rate, c.beta1, c.beta2, c.eps), (1e-4, 0.9, 0.95, 1e-12));
         let bad = AdamParamsJson { beta2: Some(1.0), ..none };
-        assert!(adam_config(&bad).unwrap_err().contains("beta2"));
+        assert!(adam_config(&bad).unwrap_err().to_string().contains("beta2"));
     }
 }

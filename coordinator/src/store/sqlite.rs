@@ -455,10 +455,10 @@ fn import_ops(path: &Path) -> Result<Vec<StoreOp>, StoreError> {
                 sessions.insert(id, row);
             }
             Event::Run(r) => {
-                runs.insert(r.id.clone(), r);
+                runs.insert(r.id.as_str().to_string(), r);
             }
             Event::Checkpoint(c) => {
-                checkpoints.insert((c.run.clone(), c.kind, c.name.clone()), c);
+                checkpoints.insert((c.run.as_str().to_string(), c.kind, c.name.as_str().to_string()), c);
             }
             Event::CheckpointDeleted { run, kind, name } => {
                 checkpoints.remove(&(run, kind, name));
@@ -475,17 +475,17 @@ fn import_ops(path: &Path) -> Result<Vec<StoreOp>, StoreError> {
     let mut ops: Vec<StoreOp> = sessions.into_values().map(StoreOp::PutSession).collect();
     for r in runs.into_values() {
         ops.push(StoreOp::PutRun(RunRow {
-            id: r.id.clone(),
-            tenant: r.tenant.clone(),
+            id: r.id.as_str().to_string(),
+            tenant: r.tenant.as_str().to_string(),
             record_json: json(serde_json::to_string(&r))?,
         }));
     }
     for c in checkpoints.into_values() {
         ops.push(StoreOp::PutCheckpoint(CheckpointRow {
-            run: c.run.clone(),
+            run: c.run.as_str().to_string(),
             kind: c.kind.segment().to_string(),
-            name: c.name.clone(),
-            tenant: c.tenant.clone(),
+            name: c.name.as_str().to_string(),
+            tenant: c.tenant.as_str().to_string(),
             record_json: json(serde_json::to_string(&c))?,
         }));
     }
