@@ -1,11 +1,14 @@
 //! lathe's shared vocabulary: every type that the coordinator and the worker must agree on.
-//! No math and no I/O beyond parsing lives here.
+//! No math lives here, and no I/O beyond parsing except membership (`lease`), which talks to etcd.
 
 pub mod clock;
 pub mod control;
 pub mod error;
+pub mod lease;
 pub mod lora;
 pub mod model_config;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod wire;
 
 pub use error::ConfigError;
