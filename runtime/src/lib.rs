@@ -1,11 +1,12 @@
 //! lathe's shared vocabulary: every type that the coordinator and the worker must agree on.
-//! No math and no I/O beyond parsing lives here.
+//! No math lives here, and no I/O beyond parsing and the coordinator↔worker byte transport.
 
 pub mod clock;
 pub mod control;
 pub mod error;
 pub mod lora;
 pub mod model_config;
+pub mod transport;
 pub mod wire;
 
 pub use error::ConfigError;
