@@ -34,8 +34,11 @@ pub struct Tensor {
 pub struct Datum {
     pub tokens: Vec<u32>,
     pub loss_fn_inputs: BTreeMap<String, Tensor>,
-    /// Absent from messages written before provenance was kept, hence the default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Absent from JSON written before provenance was kept (the coordinator's journal rows), and
+    /// then `None` (serde's rule for a missing `Option`, spelled out by `default`). Always
+    /// serialised, `null` included: the transport's bincode is not self-describing, so a field
+    /// left out of the encoding would be read from the next field's bytes.
+    #[serde(default)]
     pub provenance: Option<Provenance>,
 }
 

@@ -1,5 +1,6 @@
 //! lathe's shared vocabulary: every type that the coordinator and the worker must agree on.
-//! No math lives here, and no I/O beyond parsing except membership (`lease`), which talks to etcd.
+//! No math lives here, and no I/O beyond parsing except membership (`lease`, which talks to etcd)
+//! and the coordinator↔worker byte transport (`transport`).
 
 pub mod clock;
 pub mod control;
@@ -9,6 +10,7 @@ pub mod lora;
 pub mod model_config;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod transport;
 pub mod wire;
 
 pub use error::ConfigError;
