@@ -30,8 +30,19 @@ LATHE_BIN="$PWD/target/release/lathe" "$VENV/bin/python" -m pytest coordinator/t
 LATHE_SDK_TINY_MODEL=tiny/qwen3-moe LATHE_BIN="$PWD/target/release/lathe" "$VENV/bin/python" -m pytest \
     coordinator/tests/sdk -v -p no:cacheprovider \
     --ignore=coordinator/tests/sdk/test_sft_smollm2.py --ignore=coordinator/tests/sdk/test_peft_export.py
+# The suite against a cluster on this machine: a real etcd, `lathe coordinator` and two `lathe worker`
+# processes (runs placed whole on one worker each); and against `lathe serve --workers 2`, which runs
+# two workers in-process through the same control plane. LATHE_CLUSTER_TESTS=0 skips both.
+if [[ "${LATHE_CLUSTER_TESTS:-1}" != "0" ]]; then
+    LATHE_SDK_WORKERS=cluster:2 LATHE_BIN="$PWD/target/release/lathe" "$VENV/bin/python" -m pytest \
+        coordinator/tests/sdk -v -p no:cacheprovider
+    LATHE_SDK_WORKERS=serve:2 LATHE_BIN="$PWD/target/release/lathe" "$VENV/bin/python" -m pytest \
+        coordinator/tests/sdk -v -p no:cacheprovider \
+        --ignore=coordinator/tests/sdk/test_sft_smollm2.py --ignore=coordinator/tests/sdk/test_peft_export.py
+fi
 # Crash tests: `lathe serve` SIGKILLed mid-training and restarted on the same data dir; the client loop
-# sees no exception and the final adapter equals a fault-free run's bit for bit. LATHE_CHAOS_TESTS=0 skips.
+# sees no exception and the final adapter equals a fault-free run's bit for bit. Membership over real
+# etcd (adopted late, SIGKILL, SIGSTOP) and hostile bytes on the control port. LATHE_CHAOS_TESTS=0 skips.
 LATHE_BIN="$PWD/target/release/lathe" "$VENV/bin/python" -m pytest chaos-tests/sdk -v -s -p no:cacheprovider
 # tinker-cookbook 0.6.1's math_rl recipe, unmodified, for 2 steps on SmolLM2 (offline; its own venv with
 # torch, created on first use). LATHE_COOKBOOK_TESTS=0 skips it.

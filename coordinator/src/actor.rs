@@ -1,5 +1,5 @@
 //! The `Coordinator` actor (ractor): the thin shell around [`CoordinatorCore`]. It owns the core and
-//! its collaborators — the worker link, the store (behind a group committer on its own thread)
+//! its collaborators — the links to member workers (in-process or TCP), the store (behind a group committer on its own thread)
 //! and the clock — feeds the core one event at a time and carries out the commands it returns, in
 //! order. Everything slow happens elsewhere: worker calls and timers are tokio tasks that post
 //! their result back as an event; store commits run on the committer's thread and post `Stored`.
@@ -21,7 +21,9 @@ use tokio::sync::oneshot;
 use crate::core::api::{ApiRequest, Reply, ReplyTo};
 use crate::core::engine::{Command, CoordinatorCore, Event, Generation, WorkerId};
 use crate::core::ids::TenantId;
+use crate::core::workers::WorkerCapacity;
 use crate::error::CoordinatorError;
+use crate::metrics::Metrics;
 use crate::store::{GroupCommitter, StoreOp};
 
 /// Messages of the coordinator actor.
@@ -30,6 +32,15 @@ pub enum CoordinatorMsg {
     Api { tenant: TenantId, request: Box<ApiRequest>, reply: oneshot::Sender<Reply> },
     /// A worker reply, timer, store result or failure report from one of the shell's tasks.
     Event(Event),
+    /// A worker finished its handshake (and holds its lease): the core admits it, and its
+    /// generation goes back through `admitted` (the handshake's Welcome).
+    WorkerUp {
+        worker: WorkerId,
+        name: String,
+        capacity: WorkerCapacity,
+        link: Arc<dyn WorkerLink>,
+        admitted: oneshot::Sender<Generation>,
+    },
 }
 
 pub struct CoordinatorActor;
@@ -37,22 +48,21 @@ pub struct CoordinatorActor;
 /// What the actor starts from.
 pub struct ShellArgs {
     pub core: CoordinatorCore,
-    pub link: Arc<dyn WorkerLink>,
     pub store: GroupCommitter,
     pub clock: Arc<dyn Clock>,
-    /// The in-process worker and the placement generation of this coordinator lifetime.
-    pub worker: WorkerId,
-    pub generation: Generation,
+    pub metrics: Arc<Metrics>,
 }
 
 pub struct Shell {
     core: CoordinatorCore,
-    link: Arc<dyn WorkerLink>,
+    /// Links of member workers (and of workers waiting to be admitted).
+    links: HashMap<WorkerId, Arc<dyn WorkerLink>>,
+    admitting: HashMap<WorkerId, oneshot::Sender<Generation>>,
     store: GroupCommitter,
     clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
     waiting: HashMap<ReplyTo, oneshot::Sender<Reply>>,
     next_reply: u64,
-    generation: u64,
 }
 
 impl Actor for CoordinatorActor {
@@ -61,17 +71,17 @@ impl Actor for CoordinatorActor {
     type Arguments = ShellArgs;
 
     async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: ShellArgs) -> Result<Shell, ActorProcessingErr> {
-        let mut shell = Shell {
+        let shell = Shell {
             core: args.core,
-            link: args.link,
+            links: HashMap::new(),
+            admitting: HashMap::new(),
             store: args.store,
             clock: args.clock,
+            metrics: args.metrics,
             waiting: HashMap::new(),
             next_reply: 1,
-            generation: args.generation.0,
         };
-        let joined = Event::WorkerJoined { worker: args.worker, generation: args.generation };
-        shell.feed(&myself, joined, None);
+        let _ = &myself;
         Ok(shell)
     }
 
@@ -87,7 +97,6 @@ impl Actor for CoordinatorActor {
                 shell.next_reply += 1;
                 shell.waiting.insert(to, reply);
                 let (session, run, sampler, request_id) = request.named_ids();
-                let generation = shell.generation;
                 tracing::info!(
                     tenant = %tenant,
                     request = %request_kind(&request),
@@ -95,14 +104,20 @@ impl Actor for CoordinatorActor {
                     run = run.unwrap_or(""),
                     sampler = sampler.unwrap_or(""),
                     request_id = request_id.unwrap_or(""),
-                    generation,
                     reply_to = to.0,
                     "api request"
                 );
                 shell.feed(&myself, Event::Api { reply: to, tenant, request: *request }, Some(to));
             }
             CoordinatorMsg::Event(event) => shell.feed(&myself, event, None),
+            CoordinatorMsg::WorkerUp { worker, name, capacity, link, admitted } => {
+                tracing::info!(worker = worker.0, name = %name, device = %capacity.device, "worker joined");
+                shell.links.insert(worker, link);
+                shell.admitting.insert(worker, admitted);
+                shell.feed(&myself, Event::WorkerJoined { worker, name, capacity }, None);
+            }
         }
+        shell.metrics.set_workers(shell.core.workers().len());
         Ok(())
     }
 }
@@ -204,10 +219,37 @@ impl Shell {
                     let _ = tx.send(reply);
                 }
             }
+            Command::Admit { worker, generation } => {
+                tracing::info!(worker = worker.0, generation = generation.0, "worker admitted");
+                if let Some(tx) = self.admitting.remove(&worker) {
+                    // The handshake may have given up meanwhile; its connection then closes.
+                    let _ = tx.send(generation);
+                }
+            }
+            Command::Disconnect { worker } => {
+                tracing::warn!(worker = worker.0, "worker lost; its link is dropped");
+                self.links.remove(&worker);
+                self.admitting.remove(&worker);
+            }
             Command::Send { call, worker, envelope } => {
                 let generation = Generation(envelope.generation);
                 tracing::debug!(call = call.0, worker = worker.0, generation = generation.0, body = %body_kind(&envelope.body), "to worker");
-                let task = self.link.call(envelope);
+                let Some(link) = self.links.get(&worker) else {
+                    // The core only sends to members, and members have links; be loud if not.
+                    tracing::error!(
+                        call = call.0,
+                        worker = worker.0,
+                        "no link to a member worker; this is a lathe bug"
+                    );
+                    let event = Event::Panicked {
+                        reply: None,
+                        call: Some(call),
+                        what: format!("no link to worker {}", worker.0),
+                    };
+                    let _ = myself.send_message(CoordinatorMsg::Event(event));
+                    return;
+                };
+                let task = link.call(envelope);
                 let me = myself.clone();
                 let handle = tokio::spawn(task);
                 tokio::spawn(async move {

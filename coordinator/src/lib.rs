@@ -7,9 +7,11 @@
 //! out its commands, `store` the durable state (SQLite), `http` the handlers that parse requests.
 
 mod actor;
+pub mod control;
 pub mod core;
 mod error;
 mod http;
+pub mod metrics;
 mod state;
 pub mod store;
 
@@ -26,8 +28,13 @@ use tokio::net::TcpListener;
 pub use error::{ApiError, CoordinatorError, ServeError};
 pub use state::Tuning;
 
-use crate::actor::{CoordinatorActor, ShellArgs};
-use crate::core::engine::{CoordinatorCore, CoreConfig, Generation, IdSource, SeededIds, WorkerId};
+use crate::actor::{CoordinatorActor, CoordinatorMsg, ShellArgs};
+use crate::core::engine::{CoordinatorCore, CoreConfig, IdSource, SeededIds, WorkerId};
+use crate::core::workers::WorkerCapacity;
+
+/// Worker generations of one coordinator lifetime are `lifetime << 20 | n`: they grow across
+/// restarts (the lifetime counter is durable) and within one (n counts admissions).
+const GENERATION_SHIFT: u32 = 20;
 use crate::core::tenants::Tenants;
 use crate::store::{GroupCommitter, SqliteStore, Store};
 
@@ -47,11 +54,20 @@ pub struct ServeConfig {
     pub snapshot_every: Option<u64>,
 }
 
+/// Where the coordinator's workers come from.
+pub enum Workers {
+    /// One worker in this process behind a link (`lathe serve` without `--workers`, tests).
+    InProcess(Arc<dyn WorkerLink>),
+    /// Worker processes (or `lathe serve --workers N` tasks) that connect to the control listener
+    /// and hold leases in `leases`.
+    Remote(control::ControlPlane),
+}
+
 /// Binds `config.listen` and serves until Ctrl-C.
 pub async fn serve(
     config: ServeConfig,
     models: Vec<BaseModelInfo>,
-    link: Arc<dyn WorkerLink>,
+    workers: Workers,
     clock: Arc<dyn Clock>,
 ) -> Result<(), ServeError> {
     if config.api_keys.is_none() && !config.listen.ip().is_loopback() {
@@ -73,17 +89,30 @@ pub async fn serve(
         }
     };
     tokio::select! {
-        r = serve_on(listener, config, models, link, clock, tuning) => r,
+        r = serve_with(listener, config, models, workers, clock, tuning) => r,
         () = shutdown => Ok(()),
     }
 }
 
-/// Serves on an already bound listener (tests bind port 0) until the future is dropped.
+/// Serves on an already bound listener (tests bind port 0) with one in-process worker, until the
+/// future is dropped.
 pub async fn serve_on(
     listener: TcpListener,
     config: ServeConfig,
     models: Vec<BaseModelInfo>,
     link: Arc<dyn WorkerLink>,
+    clock: Arc<dyn Clock>,
+    tuning: Tuning,
+) -> Result<(), ServeError> {
+    serve_with(listener, config, models, Workers::InProcess(link), clock, tuning).await
+}
+
+/// Serves on an already bound listener with the given workers, until the future is dropped.
+pub async fn serve_with(
+    listener: TcpListener,
+    config: ServeConfig,
+    models: Vec<BaseModelInfo>,
+    workers: Workers,
     clock: Arc<dyn Clock>,
     tuning: Tuning,
 ) -> Result<(), ServeError> {
@@ -121,18 +150,25 @@ pub async fn serve_on(
         snapshot_every: tuning.snapshot_every.max(1),
     };
     let ids: Box<dyn IdSource> = Box::new(SeededIds(os_seed(&config.data_dir)?));
-    let core = CoordinatorCore::restore(core_config, ids, &loaded, clock.now_ms()).map_err(ServeError::Restore)?;
+    let core = CoordinatorCore::restore(core_config, ids, &loaded, clock.now_ms())
+        .map_err(ServeError::Restore)?
+        .with_generation_base(generation << GENERATION_SHIFT);
     let store = GroupCommitter::spawn(Box::new(store)).map_err(ServeError::Store)?;
-    let args = ShellArgs {
-        core,
-        link,
-        store,
-        clock: Arc::clone(&clock),
-        worker: WorkerId(0),
-        generation: Generation(generation),
-    };
+    let metrics = Arc::new(metrics::Metrics::new());
+    let args = ShellArgs { core, store, clock: Arc::clone(&clock), metrics: Arc::clone(&metrics) };
     let (actor, handle) =
         Actor::spawn(None, CoordinatorActor, args).await.map_err(|e| ServeError::Actor(e.to_string()))?;
+    let control_addr = match workers {
+        Workers::InProcess(link) => {
+            let capacity = WorkerCapacity { device: "cpu".into(), cores: 0, memory_bytes_max: None };
+            let (admitted, _) = tokio::sync::oneshot::channel();
+            let up =
+                CoordinatorMsg::WorkerUp { worker: WorkerId(0), name: "in-process".into(), capacity, link, admitted };
+            actor.send_message(up).map_err(|e| ServeError::Actor(e.to_string()))?;
+            None
+        }
+        Workers::Remote(plane) => Some(plane.start(actor.clone(), Arc::clone(&metrics)).await?),
+    };
     let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{local}"));
     let app = Arc::new(http::Http {
         tenants,
@@ -143,6 +179,8 @@ pub async fn serve_on(
         tuning,
         data_dir: config.data_dir.clone(),
         actor: actor.clone(),
+        metrics,
+        control_addr,
     });
     let served = axum::serve(listener, http::router(app)).await.map_err(ServeError::Serve);
     actor.stop(None);

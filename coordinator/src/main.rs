@@ -15,6 +15,10 @@ struct Args {
 enum Cmd {
     /// Serve the Tinker API with in-process workers (the official tinker SDK works unchanged).
     Serve(cli::serve::ServeArgs),
+    /// Serve the Tinker API with worker processes that join over TCP and hold etcd leases.
+    Coordinator(cli::coordinator::CoordinatorArgs),
+    /// Run one device's worker for a `lathe coordinator`.
+    Worker(cli::worker::WorkerArgs),
     /// Measure train-step, forward and sampling throughput (JSON lines, comparable to bench_torch_peft.py).
     Bench(cli::bench::BenchArgs),
     /// List known models, or fetch one into the local cache.
@@ -47,6 +51,11 @@ fn main() -> std::process::ExitCode {
 fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         Cmd::Serve(s) => cli::serve::run(&s)?,
+        Cmd::Coordinator(c) => cli::coordinator::run(&c)?,
+        Cmd::Worker(w) => {
+            cli::serve::init_logs(cli::serve::LogFormat::Text, tracing::Level::INFO);
+            cli::worker::run(&w)?
+        }
         Cmd::Bench(b) => cli::bench::run(&b)?,
         Cmd::Models { action: None | Some(ModelsCmd::List) } => cli::models::list(),
         Cmd::Models { action: Some(ModelsCmd::Fetch { name }) } => cli::models::fetch(&name)?,

@@ -38,6 +38,9 @@ pub enum Op {
     Forward,
     Sample,
     All,
+    /// The coordinator↔worker transport: GB/s of one 64 MiB tensor frame over loopback TCP and the
+    /// round trip of an empty control frame (no model involved).
+    Transport,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -83,6 +86,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     emit(json!({"op": "env", "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "threads": args.threads, "backend": format!("{:?}", args.backend).to_lowercase(), "seed": SEED,
         "lora_rank": BENCH_RANK, "lathe": env!("CARGO_PKG_VERSION")}));
+    if args.op == Op::Transport {
+        return bench_transport(args);
+    }
     for name in &args.models {
         let (config, weights) = resolve_model(name)?;
         match args.backend {
@@ -91,6 +97,26 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Transport figures: bulk frames of 64 MiB (fresh and reused receive buffers) and empty round trips.
+fn bench_transport(args: &BenchArgs) -> Result<()> {
+    use runtime::transport::bench::{loopback_rtt, loopback_throughput_with, Receive};
+    const BODY_BYTES: usize = 64 << 20;
+    let reps = args.max_iters.max(3) * 4;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async {
+        for (receive, label) in [(Receive::Fresh, "fresh"), (Receive::Reused, "reused")] {
+            let r = loopback_throughput_with(BODY_BYTES, reps, receive).await?;
+            emit(json!({"op": "transport_frame", "body_bytes": r.body_bytes, "reps": r.reps,
+                "receive_buffers": label, "gb_per_s_median": r.gigabytes_per_s_median,
+                "gb_per_s_min": r.gigabytes_per_s_min, "gb_per_s_max": r.gigabytes_per_s_max}));
+        }
+        let r = loopback_rtt(2000).await?;
+        emit(json!({"op": "transport_rtt", "reps": r.reps, "rtt_us_median": r.rtt_us_median,
+            "rtt_us_p99": r.rtt_us_p99}));
+        Ok::<(), anyhow::Error>(())
+    })
 }
 
 /// A model's config and weights by benchmark name, catalogue name or path.
@@ -159,6 +185,7 @@ fn bench_model<B: Backend>(args: &BenchArgs, name: &str, model: Model<B>) -> Res
         Op::MultiTenant => &[Op::MultiTenant],
         Op::Forward => &[Op::Forward],
         Op::Sample => &[Op::Sample],
+        Op::Transport => &[],
     };
     for &op in ops {
         // The PyTorch script's plan: train 8×512 (small: 4×256), forward 8×512, sample 8 × (64 + 128).
@@ -177,7 +204,7 @@ fn bench_model<B: Backend>(args: &BenchArgs, name: &str, model: Model<B>) -> Res
             Op::MultiTenant => bench_multi_tenant(args, &model, &lora, batch, seq)?,
             Op::Forward => bench_forward(args, &model, &lora, batch, seq)?,
             Op::Sample => bench_sample(args, &model, &lora, batch, seq)?,
-            Op::All => unreachable!("expanded above"),
+            Op::All | Op::Transport => unreachable!("expanded above"),
         };
         let mut line = line;
         if let Some(obj) = line.as_object_mut() {

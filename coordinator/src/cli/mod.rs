@@ -3,7 +3,9 @@
 
 pub mod bench;
 pub mod catalog;
+pub mod coordinator;
 pub mod fetch;
 pub mod load_monitor;
 pub mod models;
 pub mod serve;
+pub mod worker;

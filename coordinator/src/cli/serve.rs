@@ -66,6 +66,11 @@ pub struct ServeArgs {
     /// Least severe log level shown: error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     pub log_level: tracing::Level,
+    /// Run N workers in this process, each with its own copy of the models, through the same
+    /// control plane as `lathe coordinator` + `lathe worker` (TCP frames on loopback, an in-memory
+    /// lease store). Without it one worker runs in-process behind a direct link.
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -75,7 +80,7 @@ pub enum LogFormat {
 }
 
 /// Installs the process's log subscriber (stderr). A second install (tests) is ignored.
-fn init_logs(format: LogFormat, level: tracing::Level) {
+pub fn init_logs(format: LogFormat, level: tracing::Level) {
     let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(level).with_target(false);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -105,9 +110,78 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         .with_context(|| format!("creating the data directory {}; pass a writable --data-dir", data_dir.display()))?;
 
     let specs = if args.models.is_empty() { resolve::default_specs() } else { args.models.clone() };
-    let specs: Vec<Spec> = specs.iter().map(|s| resolve::parse_spec(s)).collect::<Result<_>>()?;
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
     let budget = budget::choose(args.memory_bytes_max, meminfo.as_deref());
+    let served = load_models(&specs, &budget)?;
+    let infos: Vec<_> = served.iter().map(|m| m.info.clone()).collect();
+    let names: Vec<String> = infos.iter().map(|m| m.name.clone()).collect();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("lathe-http")
+        .build()
+        .context("starting the async runtime")?;
+    let (workers, memory_line) = match args.workers {
+        None => {
+            let mut service = WorkerService::new(GENERATION, served).with_memory_budget(budget.bytes);
+            let memory_line = budget::describe(&budget, service.memory_report().base_bytes);
+            let link = InProcessLink::spawn("lathe-worker", move |msg| service.handle(msg))
+                .context("starting the worker thread")?;
+            (coordinator::Workers::InProcess(Arc::new(link)), memory_line)
+        }
+        Some(n) => {
+            if n == 0 {
+                bail!("--workers 0: give at least one worker");
+            }
+            let memory_line = format!("{n} in-process workers, each: {}", budget::describe(&budget, 0));
+            drop(served);
+            (runtime.block_on(in_process_workers(n, &specs, args.memory_bytes_max))?, memory_line)
+        }
+    };
+
+    let base_url = args.public_url.clone().unwrap_or_else(|| format!("http://{}", args.listen));
+    print!("{}", banner(&base_url, args.api_keys.is_some(), &names, &data_dir, &memory_line));
+
+    let config = coordinator::ServeConfig {
+        listen: args.listen,
+        data_dir,
+        api_keys: args.api_keys.clone(),
+        public_url: args.public_url.clone(),
+        queue_limit: args.queue_limit,
+        snapshot_every: args.snapshot_every,
+    };
+    runtime.block_on(coordinator::serve(config, infos, workers, Arc::new(SystemClock)))?;
+    Ok(())
+}
+
+/// `--workers N`: a control plane on a loopback port with an in-memory lease store, and N worker
+/// tasks that join it exactly as worker processes do.
+async fn in_process_workers(n: usize, specs: &[String], memory_bytes_max: Option<u64>) -> Result<coordinator::Workers> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding the control port")?;
+    let control = listener.local_addr()?;
+    let leases: Arc<dyn runtime::lease::LeaseStore> =
+        Arc::new(runtime::lease::MemLeaseStore::new(Arc::new(SystemClock)));
+    for i in 0..n {
+        let options = super::worker::WorkerOptions {
+            name: format!("local-{i}"),
+            device: "cpu".into(),
+            memory_bytes_max,
+            cores: rayon::current_num_threads() as u32,
+        };
+        let leases = Arc::clone(&leases);
+        tokio::spawn(async move {
+            let dial = super::worker::Dial::Control(control);
+            if let Err(e) = super::worker::run_worker(options, leases, dial).await {
+                tracing::error!(worker = i, error = %format!("{e:#}"), "an in-process worker stopped");
+            }
+        });
+    }
+    Ok(coordinator::Workers::Remote(coordinator::control::ControlPlane { listener, leases, models: specs.to_vec() }))
+}
+
+/// Resolves and loads `specs`, checking after each that the base models fit `budget`.
+pub fn load_models(specs: &[String], budget: &budget::Budget) -> Result<Vec<ServedModel>> {
+    let specs: Vec<Spec> = specs.iter().map(|s| resolve::parse_spec(s)).collect::<Result<_>>()?;
     let hf_cache = catalog::models_dir().join("hf");
     let mut served = Vec::with_capacity(specs.len());
     let mut base_bytes = Vec::with_capacity(specs.len());
@@ -121,35 +195,10 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         }
         // Checked after each model, so a list that cannot fit stops at the first model too many.
         base_bytes.push((model.info.name.clone(), model.model.weight_bytes()));
-        budget::check_base_fits(&base_bytes, &budget)?;
+        budget::check_base_fits(&base_bytes, budget)?;
         served.push(model);
     }
-    let infos: Vec<_> = served.iter().map(|m| m.info.clone()).collect();
-    let names: Vec<String> = infos.iter().map(|m| m.name.clone()).collect();
-
-    let mut service = WorkerService::new(GENERATION, served).with_memory_budget(budget.bytes);
-    let memory_line = budget::describe(&budget, service.memory_report().base_bytes);
-    let link =
-        InProcessLink::spawn("lathe-worker", move |msg| service.handle(msg)).context("starting the worker thread")?;
-
-    let base_url = args.public_url.clone().unwrap_or_else(|| format!("http://{}", args.listen));
-    print!("{}", banner(&base_url, args.api_keys.is_some(), &names, &data_dir, &memory_line));
-
-    let config = coordinator::ServeConfig {
-        listen: args.listen,
-        data_dir,
-        api_keys: args.api_keys.clone(),
-        public_url: args.public_url.clone(),
-        queue_limit: args.queue_limit,
-        snapshot_every: args.snapshot_every,
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("lathe-http")
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(coordinator::serve(config, infos, Arc::new(link), Arc::new(SystemClock)))?;
-    Ok(())
+    Ok(served)
 }
 
 fn into_served(r: Resolved) -> Result<ServedModel> {

@@ -8,10 +8,10 @@
 //! held until the store has committed the ops that record it ([`Command::Persist`] then
 //! [`Event::Stored`]); so nothing a client was told is lost by a crash.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
 
-use runtime::control::{BaseModelInfo, Envelope, FromWorker, ToWorker};
+use runtime::control::{BaseModelInfo, Envelope, FromWorker};
 use serde::{Deserialize, Serialize};
 
 use super::api::{Answer, ApiRequest, QueueState, Reply, ReplyTo};
@@ -20,6 +20,7 @@ use super::futures::{Futures, Outcome, Poll};
 use super::ids::{RequestId, RunId, SamplerId, TenantId, TinkerPath};
 use super::jobs::{Job, LiveRun, Purpose, SamplerRecord};
 use super::sessions::Sessions;
+use super::workers::{WorkerCapacity, WorkerSlot};
 use crate::error::CoordinatorError;
 use crate::store::StoreOp;
 
@@ -82,9 +83,12 @@ pub enum Event {
         reply: FromWorker,
     },
     Timer(Timer),
+    /// A worker finished its handshake and holds its lease; the core admits it with
+    /// [`Command::Admit`].
     WorkerJoined {
         worker: WorkerId,
-        generation: Generation,
+        name: String,
+        capacity: WorkerCapacity,
     },
     WorkerLost {
         worker: WorkerId,
@@ -120,6 +124,15 @@ pub enum Command {
     ArmTimer {
         at_ms: u64,
         timer: Timer,
+    },
+    /// Admits a joined worker: the shell tells it its generation (the handshake's Welcome).
+    Admit {
+        worker: WorkerId,
+        generation: Generation,
+    },
+    /// Drops a lost worker's link; anything it still sends is ignored.
+    Disconnect {
+        worker: WorkerId,
     },
     /// Deletes a directory tree the core no longer needs (a deleted checkpoint, an old snapshot,
     /// a checkpoint about to be overwritten). Missing is fine.
@@ -182,14 +195,18 @@ pub struct CoordinatorCore {
     /// Long polls waiting on a pending future.
     pub(super) polls: HashMap<RequestId, Vec<ReplyTo>>,
     pub(super) poll_of: HashMap<ReplyTo, RequestId>,
-    /// The placement: one worker for now.
-    pub(super) worker: Option<WorkerId>,
-    pub(super) generation: Generation,
-    pub(super) calls: HashMap<CallId, Purpose>,
+    /// Member workers and their generations (see `workers`).
+    pub(super) workers: BTreeMap<WorkerId, WorkerSlot>,
+    pub(super) next_generation: u64,
+    /// Where each resident sampler lives.
+    pub(super) sampler_worker: BTreeMap<SamplerId, WorkerId>,
+    /// Outstanding worker calls: the worker they went to and what their reply completes.
+    pub(super) calls: HashMap<CallId, (WorkerId, Purpose)>,
     pub(super) next_call: u64,
     /// forward_backward requests waiting for the next multi-tenant step, in release order.
     pub(super) step_queue: VecDeque<(RunId, Job)>,
-    pub(super) step_in_flight: bool,
+    /// Workers with a multi-tenant step in flight (one at a time each).
+    pub(super) steps_in_flight: BTreeSet<WorkerId>,
     /// Unfinished forward_backward + sample requests per base model (backpressure).
     pub(super) queued: BTreeMap<String, usize>,
     pub(super) queued_of: HashMap<RequestId, String>,
@@ -227,12 +244,13 @@ impl CoordinatorCore {
             reply_slots: HashMap::new(),
             polls: HashMap::new(),
             poll_of: HashMap::new(),
-            worker: None,
-            generation: Generation(0),
+            workers: BTreeMap::new(),
+            next_generation: 0,
+            sampler_worker: BTreeMap::new(),
             calls: HashMap::new(),
             next_call: 1,
             step_queue: VecDeque::new(),
-            step_in_flight: false,
+            steps_in_flight: BTreeSet::new(),
             queued: BTreeMap::new(),
             queued_of: HashMap::new(),
             held: BTreeMap::new(),
@@ -245,6 +263,13 @@ impl CoordinatorCore {
         }
     }
 
+    /// Starts this lifetime's worker generations above `base` (see the shell), so a worker never
+    /// sees a generation older than one it served before a restart.
+    pub fn with_generation_base(mut self, base: u64) -> Self {
+        self.next_generation = self.next_generation.max(base);
+        self
+    }
+
     /// The one entry point.
     pub fn on_event(&mut self, now_ms: u64, event: Event) -> Vec<Command> {
         let mut out = std::mem::take(&mut self.startup);
@@ -255,11 +280,11 @@ impl CoordinatorCore {
         match event {
             Event::Api { reply, tenant, request } => self.on_api(now_ms, reply, tenant, request, &mut out),
             Event::WorkerReplied { call, generation, reply } => {
-                if generation != self.generation {
-                    // Fencing: an answer from an older placement changes nothing.
+                if self.call_generation(call) != Some(generation) {
+                    // Fencing: an answer from an older placement (or a lost worker) changes nothing.
                     return out;
                 }
-                if let Some(purpose) = self.calls.remove(&call) {
+                if let Some((_, purpose)) = self.calls.remove(&call) {
                     self.on_worker_reply(now_ms, purpose, reply, &mut out);
                 }
             }
@@ -268,19 +293,10 @@ impl CoordinatorCore {
                 out.push(Command::ArmTimer { at_ms: now_ms + self.config.tick_ms, timer: Timer::Tick });
             }
             Event::Timer(Timer::PollDeadline(to)) => self.poll_deadline(to, &mut out),
-            Event::WorkerJoined { worker, generation } => {
-                assert!(generation >= self.generation, "generations only grow");
-                self.worker = Some(worker);
-                self.generation = generation;
-                self.pump_all(now_ms, &mut out);
+            Event::WorkerJoined { worker, name, capacity } => {
+                self.worker_joined(now_ms, worker, name, capacity, &mut out)
             }
-            Event::WorkerLost { worker } => {
-                if self.worker == Some(worker) {
-                    // Re-placement and replay on another worker come with worker processes;
-                    // until one joins, runs wait (queue_state paused_capacity).
-                    self.worker = None;
-                }
-            }
+            Event::WorkerLost { worker } => self.worker_lost(now_ms, worker, &mut out),
             Event::Stored { ticket, result } => self.on_stored(ticket, result, &mut out),
             Event::Panicked { reply, call, what } => {
                 let message = format!("lathe failed while handling this request ({what}); this is a lathe bug");
@@ -288,7 +304,7 @@ impl CoordinatorCore {
                     out.push(Command::Reply { to, reply: Err(CoordinatorError::Internal(message.clone())) });
                 }
                 if let Some(call) = call {
-                    if let Some(purpose) = self.calls.remove(&call) {
+                    if let Some((_, purpose)) = self.calls.remove(&call) {
                         let failed = FromWorker::Failed { category: runtime::control::ErrorCategory::Server, message };
                         self.on_worker_reply(now_ms, purpose, failed, &mut out);
                     }
@@ -333,17 +349,6 @@ impl CoordinatorCore {
                 }
             }
         }
-    }
-
-    /// Sends one control message to the placed worker. Without one the purpose waits in `calls`
-    /// under a call id that no reply will match; callers only send when a worker is placed.
-    pub(super) fn send(&mut self, body: ToWorker, purpose: Purpose, out: &mut Vec<Command>) -> bool {
-        let Some(worker) = self.worker else { return false };
-        let call = CallId(self.next_call);
-        self.next_call += 1;
-        self.calls.insert(call, purpose);
-        out.push(Command::Send { call, worker, envelope: Envelope { generation: self.generation.0, body } });
-        true
     }
 
     /// Records a finished request, persists its result and answers the polls waiting on it.
@@ -410,7 +415,7 @@ impl CoordinatorCore {
 
     /// What a pending request waits on: its run being rebuilt, no worker, or nothing.
     fn queue_state(&self, request: &RequestId) -> QueueState {
-        if self.worker.is_none() {
+        if self.workers.is_empty() {
             return QueueState::PausedCapacity;
         }
         let recovering = self.runs.values().any(|r| r.replaying > 0 && r.waits_for(request));

@@ -20,7 +20,7 @@ use serde_json::json;
 
 use super::api::ReplyTo;
 use super::catalog::CheckpointRecord;
-use super::engine::{Command, CoordinatorCore, STEP_ITEMS_MAX, STEP_TOKENS_MAX};
+use super::engine::{Command, CoordinatorCore, WorkerId, STEP_ITEMS_MAX, STEP_TOKENS_MAX};
 use super::futures::Outcome;
 use super::ids::{CheckpointKind, CheckpointName, RequestId, RunId, SamplerId, SessionId, TenantId, TinkerPath};
 use super::sequencer::Sequencer;
@@ -115,6 +115,10 @@ pub struct LiveRun {
     pub replaying: usize,
     /// The last snapshot's directory (replaced by the next one).
     pub snapshot_dir: Option<PathBuf>,
+    /// The worker its state lives on (None: not placed yet).
+    pub worker: Option<WorkerId>,
+    /// Why it can no longer run (its worker was lost): every job fails with this.
+    pub lost: Option<String>,
     /// Successful optim steps since the last snapshot.
     pub optims_since_snapshot: u64,
 }
@@ -131,6 +135,8 @@ impl LiveRun {
             replaying: 0,
             snapshot_dir: None,
             optims_since_snapshot: 0,
+            worker: None,
+            lost: None,
         }
     }
 
@@ -162,6 +168,7 @@ pub enum Purpose {
         job: Job,
     },
     Step {
+        worker: WorkerId,
         items: Vec<(RunId, Job)>,
     },
     /// A sampler being put in worker memory: made by create_sampling_session (answer it and record
@@ -217,7 +224,7 @@ impl CoordinatorCore {
         let waiting: Vec<SamplerId> = self.rebuilding.keys().cloned().collect();
         for sampler in waiting {
             let in_flight =
-                self.calls.values().any(|p| matches!(p, Purpose::Sampler { sampler: s, .. } if *s == sampler));
+                self.calls.values().any(|(_, p)| matches!(p, Purpose::Sampler { sampler: s, .. } if *s == sampler));
             if in_flight {
                 continue;
             }
@@ -230,13 +237,22 @@ impl CoordinatorCore {
 
     /// Starts the run's next job if it has none in flight.
     pub(super) fn pump(&mut self, now_ms: u64, run: &RunId, out: &mut Vec<Command>) {
-        if self.worker.is_none() {
+        let Some(live) = self.runs.get(run) else { return };
+        if live.busy || live.queue.is_empty() {
+            return;
+        }
+        if let Some(why) = live.lost.clone() {
+            // Nothing of a lost run can run; its jobs fail one by one, in order.
+            let Some(live) = self.runs.get_mut(run) else { return };
+            let Some(job) = live.queue.pop_front() else { return };
+            live.busy = true;
+            self.finish_job(now_ms, run, job, server(why), out);
+            return;
+        }
+        if self.place_run(run).is_none() {
             return;
         }
         let Some(live) = self.runs.get_mut(run) else { return };
-        if live.busy {
-            return;
-        }
         let Some(job) = live.queue.pop_front() else { return };
         live.busy = true;
         // A replayed request that already finished and does not change the run's state (a save,
@@ -325,18 +341,32 @@ impl CoordinatorCore {
 
     /// Sends the next multi-tenant step if none is in flight.
     pub(super) fn pump_steps(&mut self, out: &mut Vec<Command>) {
-        if self.step_in_flight || self.step_queue.is_empty() || self.worker.is_none() {
-            return;
+        let idle: Vec<WorkerId> = self.workers.keys().copied().filter(|w| !self.steps_in_flight.contains(w)).collect();
+        for worker in idle {
+            self.pump_step_on(worker, out);
         }
+    }
+
+    /// Packs the queued forward_backward requests of runs placed on `worker` (in queue order, up
+    /// to the step limits) into one step and sends it.
+    fn pump_step_on(&mut self, worker: WorkerId, out: &mut Vec<Command>) {
         let mut items = Vec::new();
+        let mut kept = VecDeque::new();
         let mut tokens = 0usize;
-        while let Some((_, job)) = self.step_queue.front() {
+        while let Some((run, job)) = self.step_queue.pop_front() {
+            let here = self.runs.get(&run).is_some_and(|l| l.worker == Some(worker));
             let more = tokens_of(&job.action);
-            if !items.is_empty() && (items.len() >= STEP_ITEMS_MAX || tokens + more > STEP_TOKENS_MAX) {
-                break;
+            let full = !items.is_empty() && (items.len() >= STEP_ITEMS_MAX || tokens + more > STEP_TOKENS_MAX);
+            if here && !full {
+                tokens += more;
+                items.push((run, job));
+            } else {
+                kept.push_back((run, job));
             }
-            tokens += more;
-            items.extend(self.step_queue.pop_front());
+        }
+        self.step_queue = kept;
+        if items.is_empty() {
+            return;
         }
         let requests: Vec<FbRequest> = items
             .iter()
@@ -358,15 +388,19 @@ impl CoordinatorCore {
         } else {
             ToWorker::ForwardBackwardMany { items: requests }
         };
-        self.step_in_flight = self.send(body, Purpose::Step { items }, out);
+        let first = items[0].0.clone();
+        assert_eq!(self.place_run(&first), Some(worker), "a step only holds runs placed on its worker");
+        if self.send(body, Purpose::Step { worker, items }, out) {
+            self.steps_in_flight.insert(worker);
+        }
     }
 
     /// Routes a worker reply to what it completes.
     pub(super) fn on_worker_reply(&mut self, now_ms: u64, purpose: Purpose, reply: FromWorker, out: &mut Vec<Command>) {
         match purpose {
             Purpose::Job { run, job } => self.job_replied(now_ms, run, job, reply, out),
-            Purpose::Step { items } => {
-                self.step_in_flight = false;
+            Purpose::Step { worker, items } => {
+                self.steps_in_flight.remove(&worker);
                 let n = items.len();
                 let answers: Vec<FromWorker> = match reply {
                     FromWorker::Each(each) if each.len() == n => each,

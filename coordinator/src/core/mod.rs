@@ -20,3 +20,4 @@ pub mod tenants;
 mod tests;
 pub mod time;
 mod views;
+pub mod workers;

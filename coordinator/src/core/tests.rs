@@ -45,6 +45,15 @@ fn config() -> CoreConfig {
     }
 }
 
+/// A worker joining (its first admission gets generation 1).
+fn joined(id: u64) -> Event {
+    Event::WorkerJoined {
+        worker: WorkerId(id),
+        name: format!("w{id}"),
+        capacity: crate::core::workers::WorkerCapacity { device: "cpu".into(), cores: 2, memory_bytes_max: None },
+    }
+}
+
 /// The script: a core, a store it commits into, and the commands it has produced so far.
 struct Script {
     core: CoordinatorCore,
@@ -52,9 +61,12 @@ struct Script {
     next_reply: u64,
     /// Every reply, by token.
     replies: BTreeMap<u64, Result<Answer, CoordinatorError>>,
-    /// Worker calls sent and not yet answered, in order.
-    sent: Vec<(CallId, ToWorker)>,
+    /// Worker calls sent and not yet answered, in order, with the worker they went to.
+    sent: Vec<(CallId, WorkerId, ToWorker)>,
     timers: Vec<(u64, Timer)>,
+    /// Generations the core admitted workers under.
+    generations: BTreeMap<WorkerId, Generation>,
+    disconnected: Vec<WorkerId>,
 }
 
 impl Script {
@@ -63,8 +75,17 @@ impl Script {
     }
 
     fn from_core(core: CoordinatorCore, store: MemStore) -> Script {
-        let mut s = Script { core, store, next_reply: 1, replies: BTreeMap::new(), sent: vec![], timers: vec![] };
-        s.event(0, Event::WorkerJoined { worker: WorkerId(0), generation: Generation(1) });
+        let mut s = Script {
+            core,
+            store,
+            next_reply: 1,
+            replies: BTreeMap::new(),
+            sent: vec![],
+            timers: vec![],
+            generations: BTreeMap::new(),
+            disconnected: vec![],
+        };
+        s.event(0, joined(0));
         s
     }
 
@@ -81,9 +102,16 @@ impl Script {
                 Command::Reply { to, reply } => {
                     self.replies.insert(to.0, reply);
                 }
-                Command::Send { call, envelope, .. } => self.sent.push((call, envelope.body)),
+                Command::Send { call, worker, envelope } => {
+                    assert_eq!(Some(&Generation(envelope.generation)), self.generations.get(&worker), "stamped");
+                    self.sent.push((call, worker, envelope.body))
+                }
                 Command::ArmTimer { at_ms, timer } => self.timers.push((at_ms, timer)),
                 Command::RemoveDir { .. } => {}
+                Command::Admit { worker, generation } => {
+                    self.generations.insert(worker, generation);
+                }
+                Command::Disconnect { worker } => self.disconnected.push(worker),
             }
         }
         all
@@ -114,9 +142,10 @@ impl Script {
     /// Answers the oldest outstanding worker call with `f(message)`.
     fn worker(&mut self, now: u64, f: impl FnOnce(&ToWorker) -> FromWorker) -> ToWorker {
         assert!(!self.sent.is_empty(), "no worker call outstanding");
-        let (call, body) = self.sent.remove(0);
+        let (call, worker, body) = self.sent.remove(0);
         let reply = f(&body);
-        self.event(now, Event::WorkerReplied { call, generation: Generation(1), reply });
+        let generation = self.generations[&worker];
+        self.event(now, Event::WorkerReplied { call, generation, reply });
         body
     }
 
@@ -235,8 +264,14 @@ fn run_of(body: &ToWorker) -> String {
 #[test]
 fn the_first_event_arms_the_housekeeping_tick_and_a_session_is_acknowledged_only_once_durable() {
     let mut core = CoordinatorCore::new(config(), Box::new(SeededIds(7)));
-    let out = core.on_event(0, Event::WorkerJoined { worker: WorkerId(0), generation: Generation(1) });
-    assert_eq!(out, vec![Command::ArmTimer { at_ms: 5_000, timer: Timer::Tick }]);
+    let out = core.on_event(0, joined(0));
+    assert_eq!(
+        out,
+        vec![
+            Command::ArmTimer { at_ms: 5_000, timer: Timer::Tick },
+            Command::Admit { worker: WorkerId(0), generation: Generation(1) }
+        ]
+    );
     let tenant = TenantId::new("alice").unwrap();
     let out = core.on_event(10, Event::Api { reply: ReplyTo(1), tenant, request: ApiRequest::CreateSession });
     let [Command::Persist { ticket, ops }] = &out[..] else { panic!("expected one persist, got {out:?}") };
@@ -297,15 +332,15 @@ fn two_tenants_interleaved_share_a_step_and_never_see_each_other() {
     // alice's request goes alone; bob's and alice's next queue while it runs and share one step.
     let a1 = s.api(3, "alice", fb(&ma, 1, &[1]));
     let b1 = s.api(3, "bob", fb(&mb, 1, &[2]));
-    assert!(matches!(s.sent[..], [(_, ToWorker::ForwardBackward { .. })]), "{:?}", s.sent);
+    assert!(matches!(s.sent[..], [(_, _, ToWorker::ForwardBackward { .. })]), "{:?}", s.sent);
     s.worker(4, echo);
-    assert!(matches!(&s.sent[..], [(_, ToWorker::ForwardBackward { run, .. })] if *run == mb));
+    assert!(matches!(&s.sent[..], [(_, _, ToWorker::ForwardBackward { run, .. })] if *run == mb));
     let a2 = s.api(4, "alice", fb(&ma, 2, &[3]));
     let _ = s.api(4, "alice", optim(&ma, 3));
     s.worker(5, echo);
     let b2 = s.api(5, "bob", fb(&mb, 2, &[4]));
     // alice's fb 2 was sent while bob's was in flight... a step of one; bob's 2 joins the next.
-    let kinds: Vec<String> = s.sent.iter().map(|(_, b)| run_of(b)).collect();
+    let kinds: Vec<String> = s.sent.iter().map(|(_, _, b)| run_of(b)).collect();
     assert!(kinds.contains(&ma), "{kinds:?}");
     while !s.sent.is_empty() {
         s.worker(6, echo);
@@ -338,7 +373,7 @@ fn requests_waiting_together_become_one_multi_tenant_step() {
     assert_eq!(s.sent.len(), 1);
     s.worker(4, echo);
     match &s.sent[..] {
-        [(_, ToWorker::ForwardBackwardMany { items })] => {
+        [(_, _, ToWorker::ForwardBackwardMany { items })] => {
             let runs: Vec<&str> = items.iter().map(|i| i.run.as_str()).collect();
             assert_eq!(runs, models[1..].iter().map(String::as_str).collect::<Vec<_>>());
         }
@@ -379,7 +414,7 @@ fn sessions_expire_without_heartbeats_and_their_runs_are_dropped() {
     s.event(100_000 + SESSION_EXPIRY_MS - 1, Event::Timer(Timer::Tick));
     assert!(s.sent.is_empty());
     s.event(100_000 + SESSION_EXPIRY_MS, Event::Timer(Timer::Tick));
-    assert!(matches!(&s.sent[..], [(_, ToWorker::DropRun { run })] if *run == model), "{:?}", s.sent);
+    assert!(matches!(&s.sent[..], [(_, _, ToWorker::DropRun { run })] if *run == model), "{:?}", s.sent);
     let hb = s.api(100_000 + SESSION_EXPIRY_MS + 1, "alice", ApiRequest::Heartbeat { session: session.clone() });
     assert!(matches!(s.error(hb), CoordinatorError::Gone(_)));
     let late = s.api(100_000 + SESSION_EXPIRY_MS + 2, "alice", fb(&model, 1, &[1]));
@@ -571,7 +606,7 @@ fn ephemeral_samplers_beyond_the_resident_limit_are_freed_and_rebuilt_on_use() {
     }
     // The limit is 2: making the third freed the least recently used (the first).
     assert!(
-        s.sent.iter().any(|(_, b)| matches!(b, ToWorker::DropSampler { sampler } if *sampler == samplers[0])),
+        s.sent.iter().any(|(_, _, b)| matches!(b, ToWorker::DropSampler { sampler } if *sampler == samplers[0])),
         "{:?}",
         s.sent
     );
@@ -763,7 +798,7 @@ fn with_snapshots_every_two_steps_a_restart_replays_everything_since_the_last_on
     t.api(30, "alice", optim(&model, 4));
     t.worker(31, echo);
     assert!(
-        matches!(&t.sent[..], [(_, ToWorker::SaveState { dir, optimizer: true, .. })] if dir.ends_with(format!("snapshots/{model}/4"))),
+        matches!(&t.sent[..], [(_, _, ToWorker::SaveState { dir, optimizer: true, .. })] if dir.ends_with(format!("snapshots/{model}/4"))),
         "{:?}",
         t.sent
     );
@@ -810,4 +845,96 @@ fn inflight_samplers_and_encrypted_exports_are_refused_by_name_and_consume_their
     assert!(s.sent.is_empty(), "nothing reached the worker: {:?}", s.sent);
     let next = s.api(5, "alice", optim(&model, 3));
     assert!(s.json(next)["request_id"].is_string(), "the refused requests consumed seq 1 and 2");
+}
+
+#[test]
+fn runs_spread_over_workers_and_each_step_goes_to_the_worker_holding_its_runs() {
+    let mut s = Script::new();
+    s.event(0, joined(1));
+    assert_eq!(s.generations[&WorkerId(1)], Generation(2), "each admission gets a fresh generation");
+    let sessions: Vec<String> = (0..4).map(|_| s.session(0, "alice")).collect();
+    let models: Vec<String> = sessions.iter().map(|sess| s.create(1, "alice", sess, 0).0).collect();
+    // The least-loaded member takes each new run: 0, 1, 0, 1.
+    let placed: Vec<WorkerId> = s.sent.iter().map(|(_, w, _)| *w).collect();
+    assert_eq!(placed, vec![WorkerId(0), WorkerId(1), WorkerId(0), WorkerId(1)]);
+    while !s.sent.is_empty() {
+        s.worker(2, echo);
+    }
+    for m in &models {
+        s.api(3, "alice", fb(m, 1, &[1, 2]));
+    }
+    // One step per worker in flight; a step never mixes runs of two workers.
+    let first: Vec<(WorkerId, String)> = s.sent.iter().map(|(_, w, b)| (*w, run_of(b))).collect();
+    assert_eq!(first, vec![(WorkerId(0), models[0].clone()), (WorkerId(1), models[1].clone())]);
+    s.worker(4, echo);
+    s.worker(4, echo);
+    for (_, w, body) in &s.sent {
+        let ToWorker::ForwardBackward { run, .. } = body else { panic!("expected lone steps, got {body:?}") };
+        let expected = if run == &models[2] { WorkerId(0) } else { WorkerId(1) };
+        assert_eq!(*w, expected, "{run}");
+    }
+}
+
+#[test]
+fn a_lost_worker_fails_what_it_ran_naming_it_and_its_late_replies_change_nothing() {
+    let mut s = Script::new();
+    s.event(0, joined(1));
+    let a = s.session(0, "alice");
+    let b = s.session(0, "alice");
+    let (run_a, _) = s.create(1, "alice", &a, 0);
+    let (run_b, _) = s.create(1, "alice", &b, 0);
+    while !s.sent.is_empty() {
+        s.worker(2, echo);
+    }
+    let fb_a = s.api(3, "alice", fb(&run_a, 1, &[1, 2]));
+    let fb_b = s.api(3, "alice", fb(&run_b, 1, &[3]));
+    let req_b = s.json(fb_b)["request_id"].as_str().unwrap().to_string();
+    let req_a = s.json(fb_a)["request_id"].as_str().unwrap().to_string();
+    // Worker 1 (run b's) is lost while its step is in flight.
+    let (late_call, late_worker, _) = s.sent.iter().find(|(_, w, _)| *w == WorkerId(1)).cloned().unwrap();
+    let late_generation = s.generations[&late_worker];
+    s.sent.retain(|(_, w, _)| *w != WorkerId(1));
+    s.event(4, Event::WorkerLost { worker: WorkerId(1) });
+    assert_eq!(s.disconnected, vec![WorkerId(1)]);
+    let poll = s.retrieve(5, "alice", &req_b);
+    match &s.replies[&poll] {
+        Ok(Answer::Outcome(Outcome::Failed { category: ErrorCategory::Server, message })) => {
+            assert!(message.contains("worker w1 (id 1) was lost"), "{message}")
+        }
+        other => panic!("expected a server failure naming the worker, got {other:?}"),
+    }
+    // Its late answer, once it comes, is refused by generation and changes nothing.
+    let late =
+        s.event(6, Event::WorkerReplied { call: late_call, generation: late_generation, reply: FromWorker::Done });
+    assert!(late.is_empty(), "{late:?}");
+    // The run that lived there fails further work with what to do; the other run goes on.
+    let next_b = s.api(7, "alice", optim(&run_b, 2));
+    let next_b = s.json(next_b)["request_id"].as_str().unwrap().to_string();
+    let poll = s.retrieve(8, "alice", &next_b);
+    assert!(
+        matches!(&s.replies[&poll], Ok(Answer::Outcome(Outcome::Failed { message, .. })) if message.contains("last checkpoint")),
+        "{:?}",
+        s.replies[&poll]
+    );
+    s.worker(9, echo);
+    let poll = s.retrieve(10, "alice", &req_a);
+    assert!(matches!(s.replies[&poll], Ok(Answer::Outcome(Outcome::ForwardBackward(_)))));
+    // New runs go to the remaining member only.
+    let c = s.session(11, "alice");
+    s.create(12, "alice", &c, 0);
+    assert!(s.sent.iter().all(|(_, w, _)| *w == WorkerId(0)), "{:?}", s.sent);
+}
+
+#[test]
+fn a_reply_stamped_with_another_generation_is_refused_and_the_call_stays_outstanding() {
+    let mut s = Script::new();
+    let sess = s.session(0, "alice");
+    s.create(1, "alice", &sess, 0);
+    let (call, worker, body) = s.sent[0].clone();
+    let generation = s.generations[&worker];
+    let stale = Generation(generation.0 - 1);
+    let out = s.event(2, Event::WorkerReplied { call, generation: stale, reply: echo(&body) });
+    assert!(out.is_empty(), "a stale generation changes nothing: {out:?}");
+    let out = s.event(3, Event::WorkerReplied { call, generation, reply: echo(&body) });
+    assert!(!out.is_empty(), "the same reply with the worker's generation completes the call");
 }

@@ -46,6 +46,9 @@ pub struct Http {
     pub tuning: Tuning,
     pub data_dir: PathBuf,
     pub actor: ActorRef<CoordinatorMsg>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Where workers connect (`lathe coordinator`, `serve --workers N`); None with an in-process worker.
+    pub control_addr: Option<std::net::SocketAddr>,
 }
 
 impl Http {
@@ -109,9 +112,27 @@ pub fn router(app: Arc<Http>) -> Router {
     Router::new()
         .nest("/api/v1", v1.merge(open))
         .nest("/lathe/v1", lathe)
+        // Workers discover the control address here; Prometheus scrapes /metrics.
+        .route("/lathe/v1/control", get(control_address))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(app)
+}
+
+async fn metrics(State(app): State<Arc<Http>>) -> Response {
+    let text = app.metrics.render();
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn control_address(State(app): State<Arc<Http>>) -> Result<Json<serde_json::Value>, ApiError> {
+    match app.control_addr {
+        Some(addr) => Ok(Json(serde_json::json!({ "control": addr.to_string() }))),
+        None => Err(ApiError::not_found(
+            "this lathe runs its worker in-process and takes no worker processes; start `lathe coordinator` \
+             (or `lathe serve --workers N`) to add workers",
+        )),
+    }
 }
 
 async fn not_found(req: Request) -> ApiError {

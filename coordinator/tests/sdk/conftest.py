@@ -125,7 +125,22 @@ def server(tmp_path_factory) -> Server:
     root = tmp_path_factory.mktemp("lathe")
     home = root / "home"
     home.mkdir()
-    proc, url, log_path = start_lathe(root, [])
+    # LATHE_SDK_WORKERS picks the topology: unset = `lathe serve`; serve:N = `lathe serve --workers N`;
+    # cluster:N = real etcd + `lathe coordinator` + N `lathe worker` processes.
+    topology = os.environ.get("LATHE_SDK_WORKERS", "")
+    cluster = None
+    if topology.startswith("cluster:"):
+        from cluster import start_cluster
+
+        env = dict(_ORIGINAL_ENV)
+        env.setdefault("RUST_BACKTRACE", "1")
+        cluster = start_cluster(str(lathe_binary()), root, int(topology.split(":", 1)[1]), [], env,
+                                timeout_s=STARTUP_TIMEOUT_S)
+        proc, url, log_path = cluster.coordinator, cluster.url, cluster.log_path
+    elif topology.startswith("serve:"):
+        proc, url, log_path = start_lathe(root, ["--workers", topology.split(":", 1)[1]])
+    else:
+        proc, url, log_path = start_lathe(root, [])
     proxy = None
     try:
         proxy = RecordingProxy(int(url.rsplit(":", 1)[1]))
@@ -142,8 +157,13 @@ def server(tmp_path_factory) -> Server:
     finally:
         if proxy is not None:
             proxy.stop()
-        stop_lathe(proc)
-        print(f"\nlathe serve log {log_path} (tail):\n{log_path.read_text(errors='replace')[-2000:]}")
+        if cluster is not None:
+            logs = cluster.logs(1500)
+            cluster.stop()
+            print(f"\nlathe cluster logs (tails):\n{logs}")
+        else:
+            stop_lathe(proc)
+            print(f"\nlathe serve log {log_path} (tail):\n{log_path.read_text(errors='replace')[-2000:]}")
 
 
 @pytest.fixture(autouse=True)
