@@ -27,7 +27,7 @@ pub struct FakeWorker {
 }
 
 impl FakeWorker {
-    fn answer(&self, body: ToWorker) -> FromWorker {
+    pub fn answer(&self, body: ToWorker) -> FromWorker {
         self.calls.lock().unwrap().push(body.clone());
         match body {
             ToWorker::ForwardBackward { data, .. } => {
