@@ -8,6 +8,7 @@ pub mod error;
 pub mod lease;
 pub mod lora;
 pub mod model_config;
+pub mod plan;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod transport;

@@ -35,8 +35,8 @@ pub struct CoordinatorArgs {
     /// File mapping API keys to tenants. Without it: loopback only, any `tml-` key, one tenant.
     #[arg(long)]
     pub api_keys: Option<PathBuf>,
-    /// Sharding plan. This build places whole runs on single workers (`single`, also what `auto`
-    /// picks); data, pipeline and expert parallel plans come next.
+    /// Sharding plan: auto, single, dp=N, pp=N or ep=N. This build places whole runs on single
+    /// workers (`single`, also what `auto` picks); data, pipeline and expert parallel plans come next.
     #[arg(long, default_value = "auto")]
     pub plan: String,
     #[arg(long)]
@@ -51,12 +51,14 @@ pub struct CoordinatorArgs {
 
 pub fn run(args: &CoordinatorArgs) -> Result<()> {
     init_logs(args.log_format, args.log_level);
-    if !matches!(args.plan.as_str(), "auto" | "single") {
-        anyhow::bail!(
-            "--plan {}: this build places each run whole on one worker; use --plan single (or auto). \
-             dp=N, pp=N and ep=N are not implemented yet",
+    use runtime::plan::{Plan, PlanChoice};
+    match PlanChoice::parse(&args.plan)? {
+        PlanChoice::Auto | PlanChoice::Forced(Plan::Single) => {}
+        PlanChoice::Forced(plan) => anyhow::bail!(
+            "--plan {}: {plan:?} is not implemented yet; this build places each run whole on one worker \
+             (--plan single, which auto also picks)",
             args.plan
-        );
+        ),
     }
     let specs = if args.models.is_empty() { resolve::default_specs() } else { args.models.clone() };
     let infos: Vec<_> = load_models(&specs, &budget::choose(None, None))?.into_iter().map(|m| m.info).collect();
