@@ -52,6 +52,8 @@ pub struct ServeConfig {
     pub queue_limit: Option<usize>,
     /// Snapshot runs every this many optim steps (default 10).
     pub snapshot_every: Option<u64>,
+    /// How runs are spread over workers: `Single`, or `DataParallel` (worker processes only).
+    pub plan: runtime::plan::Plan,
 }
 
 /// Where the coordinator's workers come from.
@@ -148,6 +150,7 @@ pub async fn serve_with(
         samplers_resident_max: tuning.samplers_resident_max,
         sampler_idle_ms: tuning.sampler_idle.as_millis() as u64,
         snapshot_every: tuning.snapshot_every.max(1),
+        plan: config.plan,
     };
     let ids: Box<dyn IdSource> = Box::new(SeededIds(os_seed(&config.data_dir)?));
     let core = CoordinatorCore::restore(core_config, ids, &loaded, clock.now_ms())

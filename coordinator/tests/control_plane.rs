@@ -41,6 +41,7 @@ async fn start(name: &str) -> Cluster {
         public_url: None,
         queue_limit: None,
         snapshot_every: None,
+        plan: runtime::plan::Plan::Single,
     };
     let tuning =
         Tuning { long_poll: Duration::from_millis(200), tick: Duration::from_millis(20), ..Tuning::standard() };

@@ -35,8 +35,10 @@ pub struct CoordinatorArgs {
     /// File mapping API keys to tenants. Without it: loopback only, any `tml-` key, one tenant.
     #[arg(long)]
     pub api_keys: Option<PathBuf>,
-    /// Sharding plan: auto, single, dp=N, pp=N or ep=N. This build places whole runs on single
-    /// workers (`single`, also what `auto` picks); data, pipeline and expert parallel plans come next.
+    /// Sharding plan: auto, single, dp=N, pp=N or ep=N. `single` (what `auto` picks in this build)
+    /// places each run whole on one worker; `dp=N` runs each on N workers, its forward_backward
+    /// split over them with gradients handed on in datum order (the result equals one worker's bit for
+    /// bit on dense models). pp and ep are not implemented yet.
     #[arg(long, default_value = "auto")]
     pub plan: String,
     #[arg(long)]
@@ -52,14 +54,14 @@ pub struct CoordinatorArgs {
 pub fn run(args: &CoordinatorArgs) -> Result<()> {
     init_logs(args.log_format, args.log_level);
     use runtime::plan::{Plan, PlanChoice};
-    match PlanChoice::parse(&args.plan)? {
-        PlanChoice::Auto | PlanChoice::Forced(Plan::Single) => {}
+    let plan = match PlanChoice::parse(&args.plan)? {
+        PlanChoice::Auto | PlanChoice::Forced(Plan::Single) => Plan::Single,
+        PlanChoice::Forced(plan @ Plan::DataParallel { .. }) => plan,
         PlanChoice::Forced(plan) => anyhow::bail!(
-            "--plan {}: {plan:?} is not implemented yet; this build places each run whole on one worker \
-             (--plan single, which auto also picks)",
+            "--plan {}: {plan:?} is not implemented yet; use --plan single (what auto picks) or dp=N",
             args.plan
         ),
-    }
+    };
     let specs = if args.models.is_empty() { resolve::default_specs() } else { args.models.clone() };
     let infos: Vec<_> = load_models(&specs, &budget::choose(None, None))?.into_iter().map(|m| m.info).collect();
     let urls: Vec<String> = args.etcd.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
@@ -89,6 +91,7 @@ pub fn run(args: &CoordinatorArgs) -> Result<()> {
             public_url: None,
             queue_limit: args.queue_limit,
             snapshot_every: args.snapshot_every,
+            plan,
         };
         coordinator::serve(config, infos, coordinator::Workers::Remote(plane), Arc::new(SystemClock)).await?;
         Ok(())

@@ -149,6 +149,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         public_url: args.public_url.clone(),
         queue_limit: args.queue_limit,
         snapshot_every: args.snapshot_every,
+        plan: runtime::plan::Plan::Single,
     };
     runtime.block_on(coordinator::serve(config, infos, workers, Arc::new(SystemClock)))?;
     Ok(())

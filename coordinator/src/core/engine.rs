@@ -160,6 +160,8 @@ pub struct CoreConfig {
     pub sampler_idle_ms: u64,
     /// Snapshot a run's adapter + optimizer state every this many optim steps (>= 1).
     pub snapshot_every: u64,
+    /// How each run is spread over workers (`Single` or `DataParallel` so far).
+    pub plan: runtime::plan::Plan,
 }
 
 /// Most requests packed into one multi-tenant step.

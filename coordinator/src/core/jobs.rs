@@ -115,8 +115,12 @@ pub struct LiveRun {
     pub replaying: usize,
     /// The last snapshot's directory (replaced by the next one).
     pub snapshot_dir: Option<PathBuf>,
-    /// The worker its state lives on (None: not placed yet).
+    /// The worker its state lives on (None: not placed yet); under `DataParallel` the first replica.
     pub worker: Option<WorkerId>,
+    /// Under `DataParallel`, the other replicas (each holds the same state); empty otherwise.
+    pub replicas: Vec<WorkerId>,
+    /// A data-parallel job in flight (a chain of forward_backward parts, or a fan-out).
+    pub chain: Option<super::parallel::Chain>,
     /// Why it can no longer run (its worker was lost): every job fails with this.
     pub lost: Option<String>,
     /// Successful optim steps since the last snapshot.
@@ -136,6 +140,8 @@ impl LiveRun {
             snapshot_dir: None,
             optims_since_snapshot: 0,
             worker: None,
+            replicas: Vec::new(),
+            chain: None,
             lost: None,
         }
     }
@@ -183,6 +189,10 @@ pub enum Purpose {
     Memory {
         reply: ReplyTo,
         tenant: TenantId,
+    },
+    /// One call of a data-parallel run's chain or fan-out (`parallel.rs`).
+    Chain {
+        run: RunId,
     },
     /// Fire and forget (freeing memory): failures are only logged by the shell.
     Forget,
@@ -275,6 +285,9 @@ impl CoordinatorCore {
         }
         self.catalog.touch_run(run.as_str(), now_ms);
         match &job.action {
+            Action::ForwardBackward { .. } if self.runs.get(run).is_some_and(|l| !l.replicas.is_empty()) => {
+                self.start_chain(run.clone(), job, out);
+            }
             Action::ForwardBackward { .. } => {
                 self.step_queue.push_back((run.clone(), job));
                 self.pump_steps(out);
@@ -287,8 +300,20 @@ impl CoordinatorCore {
         }
     }
 
+    /// The worker message of a (non-forward) job at its stage, sent to the run's worker; a
+    /// data-parallel run's state-changing jobs go to every replica instead (`parallel.rs`).
+    pub(super) fn send_job(&mut self, run: RunId, job: Job, out: &mut Vec<Command>) {
+        if self.runs.get(&run).is_some_and(|l| !l.replicas.is_empty()) && super::parallel::fans_out(&job) {
+            let body = self.job_body(&run, &job, out);
+            self.start_fanout(run, job, body, out);
+            return;
+        }
+        let body = self.job_body(&run, &job, out);
+        self.send(body, Purpose::Job { run, job }, out);
+    }
+
     /// The worker message of a (non-forward) job at its stage.
-    fn send_job(&mut self, run: RunId, job: Job, out: &mut Vec<Command>) {
+    pub(super) fn job_body(&mut self, run: &RunId, job: &Job, out: &mut Vec<Command>) -> ToWorker {
         let r = run.as_str().to_string();
         let body = match &job.action {
             Action::Create { base_model, lora } => {
@@ -319,7 +344,7 @@ impl CoordinatorCore {
                 ToWorker::SaveState { run: r, dir, optimizer: false }
             }
             Action::EphemeralSampler { sampler, .. } => {
-                let base_model = self.runs.get(&run).map(|l| l.base_model.clone()).unwrap_or_default();
+                let base_model = self.runs.get(run).map(|l| l.base_model.clone()).unwrap_or_default();
                 let adapter = SamplerAdapter::Dir(self.sampler_dir(sampler));
                 ToWorker::CreateSampler { sampler: sampler.as_str().to_string(), base_model, adapter }
             }
@@ -332,7 +357,7 @@ impl CoordinatorCore {
                 unreachable!("forward_backward goes through steps and rejects finish at once")
             }
         };
-        self.send(body, Purpose::Job { run, job }, out);
+        body
     }
 
     pub(super) fn sampler_dir(&self, sampler: &SamplerId) -> PathBuf {
@@ -479,12 +504,13 @@ impl CoordinatorCore {
                     out,
                 ),
             },
+            Purpose::Chain { run } => self.chain_replied(now_ms, run, reply, out),
             Purpose::Forget => {}
         }
     }
 
     /// A non-step job's reply.
-    fn job_replied(&mut self, now_ms: u64, run: RunId, mut job: Job, reply: FromWorker, out: &mut Vec<Command>) {
+    pub(super) fn job_replied(&mut self, now_ms: u64, run: RunId, mut job: Job, reply: FromWorker, out: &mut Vec<Command>) {
         let outcome = match (&job.action, reply) {
             (Action::Create { .. }, FromWorker::Done) => {
                 Outcome::Json(json!({"model_id": run.as_str(), "type": "create_model"}))

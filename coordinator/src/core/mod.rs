@@ -9,6 +9,7 @@ mod front;
 pub mod futures;
 pub mod ids;
 pub mod jobs;
+mod parallel;
 mod restore;
 mod samplers;
 pub mod sampling;

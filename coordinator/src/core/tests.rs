@@ -42,6 +42,7 @@ fn config() -> CoreConfig {
         samplers_resident_max: 2,
         sampler_idle_ms: 60_000,
         snapshot_every: 1,
+        plan: runtime::plan::Plan::Single,
     }
 }
 
@@ -247,6 +248,7 @@ fn echo(body: &ToWorker) -> FromWorker {
         ToWorker::ForwardBackwardMany { items } => FromWorker::Each(items.iter().map(|i| answer(&i.data)).collect()),
         ToWorker::OptimStep { .. } => FromWorker::Optim { metrics: BTreeMap::new() },
         ToWorker::SaveState { .. } | ToWorker::ExportPeft { .. } => FromWorker::Saved { bytes: 10 },
+        ToWorker::GetGrads { .. } => FromWorker::Grads(runtime::control::GradBuffer { values: vec![0.5, -1.0] }),
         _ => FromWorker::Done,
     }
 }
@@ -937,4 +939,104 @@ fn a_reply_stamped_with_another_generation_is_refused_and_the_call_stays_outstan
     assert!(out.is_empty(), "a stale generation changes nothing: {out:?}");
     let out = s.event(3, Event::WorkerReplied { call, generation, reply: echo(&body) });
     assert!(!out.is_empty(), "the same reply with the worker's generation completes the call");
+}
+
+
+/// What a call was, for chain tests: its kind and the worker it went to.
+fn call_kind(body: &ToWorker) -> String {
+    match body {
+        ToWorker::ForwardBackward { data, .. } => format!("fb{}", data.len()),
+        ToWorker::GetGrads { .. } => "get".into(),
+        ToWorker::SetGrads { .. } => "set".into(),
+        ToWorker::CreateRun { .. } => "create".into(),
+        ToWorker::OptimStep { .. } => "optim".into(),
+        other => format!("{other:?}").chars().take(12).collect(),
+    }
+}
+
+fn dp_script() -> Script {
+    let cfg = CoreConfig { plan: runtime::plan::Plan::DataParallel { replicas: 2 }, ..config() };
+    let mut s = Script::from_core(CoordinatorCore::new(cfg, Box::new(SeededIds(7))), MemStore::default());
+    s.event(0, joined(1));
+    s
+}
+
+#[test]
+fn a_data_parallel_run_fans_out_its_state_and_chains_its_forward_backward_in_datum_order() {
+    let mut s = dp_script();
+    let sess = s.session(0, "alice");
+    let (model, create) = s.create(1, "alice", &sess, 0);
+    let fanout: Vec<(WorkerId, String)> = s.sent.iter().map(|(_, w, b)| (*w, call_kind(b))).collect();
+    assert_eq!(fanout, vec![(WorkerId(0), "create".into()), (WorkerId(1), "create".into())]);
+    s.worker(2, echo);
+    let poll = s.retrieve(2, "alice", &create);
+    assert!(!s.replies.contains_key(&poll), "the create waits for every replica");
+    s.worker(2, echo);
+    assert!(matches!(&s.replies[&poll], Ok(Answer::Outcome(Outcome::Json(v))) if v["type"] == "create_model"));
+
+    let fb_reply = s.api(4, "alice", fb(&model, 1, &[1, 2]));
+    let mut steps = vec![];
+    while !s.sent.is_empty() {
+        let (_, w, b) = s.sent[0].clone();
+        steps.push((w.0, call_kind(&b)));
+        s.worker(5, echo);
+    }
+    // One datum: replica 0 runs it, then the total goes to replica 1.
+    assert_eq!(
+        steps,
+        vec![(0, "get".to_string()), (0, "fb1".into()), (0, "get".into()), (1, "set".into())],
+        "{steps:?}"
+    );
+    let request = s.json(fb_reply)["request_id"].as_str().unwrap().to_string();
+    let poll = s.retrieve(6, "alice", &request);
+    assert!(matches!(s.replies[&poll], Ok(Answer::Outcome(Outcome::ForwardBackward(ref r))) if r.outputs.len() == 1));
+
+    // An optim step goes to both replicas.
+    s.api(7, "alice", optim(&model, 2));
+    let optims: Vec<(u64, String)> = s.sent.iter().map(|(_, w, b)| (w.0, call_kind(b))).collect();
+    assert_eq!(optims, vec![(0, "optim".to_string()), (1, "optim".into())]);
+}
+
+#[test]
+fn a_failed_chain_part_puts_the_previous_gradient_total_back_on_every_replica() {
+    let mut s = dp_script();
+    let sess = s.session(0, "alice");
+    let (model, _) = s.create(1, "alice", &sess, 0);
+    s.worker(2, echo);
+    s.worker(2, echo);
+    let mut request = fb(&model, 1, &[1, 2]);
+    if let ApiRequest::Sequenced { body: SequencedBody::ForwardBackward(Ok(req)), .. } = &mut request {
+        let d = req.data[0].clone();
+        req.data = vec![d.clone(), d.clone(), d];
+    } else {
+        panic!("fb() builds a sequenced forward_backward");
+    }
+    let reply = s.api(3, "alice", request);
+    let request_id = s.json(reply)["request_id"].as_str().unwrap().to_string();
+    let mut steps = vec![];
+    while !s.sent.is_empty() {
+        let (_, w, b) = s.sent[0].clone();
+        let kind = call_kind(&b);
+        steps.push((w.0, kind.clone()));
+        if w == WorkerId(1) && kind.starts_with("fb") {
+            s.worker(4, |_| FromWorker::Failed { category: ErrorCategory::User, message: "bad datum".into() });
+        } else {
+            s.worker(4, echo);
+        }
+    }
+    assert_eq!(
+        steps,
+        vec![
+            (0, "get".to_string()),
+            (0, "fb2".into()),
+            (0, "get".into()),
+            (1, "set".into()),
+            (1, "fb1".into()),
+            (0, "set".into()),
+            (1, "set".into()),
+        ],
+        "the total from before goes back to both replicas"
+    );
+    let poll = s.retrieve(5, "alice", &request_id);
+    assert!(matches!(&s.replies[&poll], Ok(Answer::Outcome(Outcome::Failed { message, .. })) if message == "bad datum"));
 }

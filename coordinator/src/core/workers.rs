@@ -75,7 +75,7 @@ impl CoordinatorCore {
         );
         out.push(Command::Disconnect { worker });
         self.steps_in_flight.remove(&worker);
-        for live in self.runs.values_mut().filter(|r| r.worker == Some(worker)) {
+        for live in self.runs.values_mut().filter(|r| r.worker == Some(worker) || r.replicas.contains(&worker)) {
             live.lost = Some(format!(
                 "training run lost: it lived on worker {} (id {}), which was lost; create a new training \
                  client from your last checkpoint (save_state) to continue",
@@ -106,17 +106,30 @@ impl CoordinatorCore {
         self.workers.get(worker).map(|s| s.generation)
     }
 
-    /// Places `run` on a worker if it has none: the member with the fewest runs.
+    /// Places `run` if it is not placed yet: on the member with the fewest runs, or under
+    /// `DataParallel { replicas }` on that many distinct members, fewest runs first (it waits
+    /// until enough have joined). Returns the run's (first) worker.
     pub(super) fn place_run(&mut self, run: &RunId) -> Option<WorkerId> {
         if let Some(w) = self.runs.get(run).and_then(|l| l.worker) {
             return Some(w);
         }
-        let runs = &self.runs;
-        let w = least_loaded(&self.workers, |w| runs.values().filter(|r| r.worker == Some(w)).count())?;
-        if let Some(live) = self.runs.get_mut(run) {
-            live.worker = Some(w);
+        let want = match self.config.plan {
+            runtime::plan::Plan::DataParallel { replicas } => replicas,
+            _ => 1,
+        };
+        if self.workers.len() < want {
+            return None;
         }
-        Some(w)
+        let load = |w: WorkerId| {
+            self.runs.values().filter(|r| r.worker == Some(w) || r.replicas.contains(&w)).count()
+        };
+        let mut members: Vec<WorkerId> = self.workers.keys().copied().collect();
+        members.sort_by_key(|w| (load(*w), *w));
+        members.truncate(want);
+        let live = self.runs.get_mut(run)?;
+        live.worker = members.first().copied();
+        live.replicas = members.split_off(1.min(members.len()));
+        live.worker
     }
 
     /// Where a control message goes under the current placement (None: no member can take it).

@@ -169,6 +169,7 @@ impl Server {
             public_url: None,
             queue_limit: None,
             snapshot_every: None,
+            plan: runtime::plan::Plan::Single,
         };
         let tuning = Tuning {
             long_poll: Duration::from_millis(300),
