@@ -173,6 +173,29 @@ pub enum ToWorker {
     ForwardBackwardMany {
         items: Vec<FbRequest>,
     },
+    /// Reads a run's accumulated gradients (answered by `FromWorker::Grads`), so that the next
+    /// replica of a data-parallel chain can continue the same running total.
+    GetGrads {
+        run: String,
+    },
+    /// Replaces a run's accumulated gradients with `grads` (answered by `FromWorker::Done`): the
+    /// hand-off into the next replica of a chain, or the chain's final total back to every replica.
+    /// Refused, changing nothing, when `grads` does not hold exactly the run's number of values.
+    SetGrads {
+        run: String,
+        grads: GradBuffer,
+    },
+}
+
+/// One run's accumulated LoRA gradients as one flat buffer, in a layout fixed by the run's LoRA
+/// config and base model alone, so that replicas created by the same `CreateRun` read and write
+/// each other's buffers value for value: every LoRA site in ascending order of its HF module path
+/// (the order the worker keeps its sites in), and for each site its `A (rank, d_in)` then its
+/// `B (d_out, rank)`, each row-major. A MoE expert site is one stacked site here, as in lathe's
+/// own checkpoints. Values are the exact f32 bits, so a copy round-trips bit for bit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GradBuffer {
+    pub values: Vec<f32>,
 }
 
 /// One run's request inside `ToWorker::ForwardBackwardMany`: the fields of `ToWorker::ForwardBackward`.
@@ -289,6 +312,8 @@ pub enum FromWorker {
     Memory(MemoryReport),
     /// The answers to `ToWorker::ForwardBackwardMany`, one per item in order.
     Each(Vec<FromWorker>),
+    /// The answer to `ToWorker::GetGrads`.
+    Grads(GradBuffer),
 }
 
 impl FromWorker {
@@ -304,6 +329,7 @@ impl FromWorker {
             FromWorker::Failed { .. } => "Failed",
             FromWorker::Memory(_) => "Memory",
             FromWorker::Each(_) => "Each",
+            FromWorker::Grads(_) => "Grads",
         }
     }
 }

@@ -10,10 +10,11 @@
 //! A request may also run as several passes over consecutive pieces of its datums ([`step_pass`],
 //! used when one pass would not fit the memory budget): each pass adds its datums' gradients into
 //! the same buffers and its statistics into the same running totals ([`FbPartial`]). Weight
-//! gradients are reduced per sequence and added into the buffers in sequence order, and metrics
-//! are merged datum by datum, so the pieces give exactly what one pass gives. (Except the shared
-//! expert factors of a MoE model, whose contributions are added expert by expert over a pass's
-//! sequences: split passes reorder those additions, so they agree only to rounding.)
+//! gradients are reduced per sequence and added into the buffers in sequence order (a MoE layer's
+//! shared expert factors too, through per-sequence sums: `model/moe_shared.rs`), and metrics are
+//! merged datum by datum, so the pieces give exactly what one pass gives. The same holds across
+//! workers: a data-parallel chain whose replicas continue each other's gradient buffers
+//! (`ToWorker::GetGrads` / `SetGrads`) performs the very additions of one worker.
 
 use std::collections::BTreeMap;
 

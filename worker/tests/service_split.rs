@@ -3,9 +3,9 @@
 //! one without a budget (every request one pass) and one whose budget leaves room for a few
 //! datums' activations only, then the same requests on both. On the dense model the replies
 //! (per-datum outputs, every metric, sums, means and maxima alike) and the accumulated gradients
-//! must agree bit for bit; on the MoE model the replies too, and the gradients to rounding (its
-//! shared expert factors add contributions expert by expert, an order a split changes). A piece
-//! failing after earlier pieces added theirs leaves the run exactly as it was.
+//! must agree bit for bit, on the MoE model too (its shared expert factors are reduced per
+//! sequence like every other site). A piece failing after earlier pieces added theirs leaves the
+//! run exactly as it was.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns may unwrap too (house rule 5)
 
 mod service_common;
@@ -133,7 +133,7 @@ fn a_split_request_gives_the_reply_and_gradients_of_one_pass_bit_for_bit() {
 }
 
 #[test]
-fn a_split_moe_request_gives_the_reply_of_one_pass_and_its_gradients_to_rounding() {
+fn a_split_moe_request_gives_the_reply_and_gradients_of_one_pass_bit_for_bit() {
     let (mut one, mut split) = pair(MOE, 20);
     let data = datums(16, 800);
     assert_too_big_for_one_pass(&split, MOE, &data);
@@ -143,17 +143,11 @@ fn a_split_moe_request_gives_the_reply_of_one_pass_and_its_gradients_to_rounding
     // passes), bit for bit.
     assert_eq!(reply_bits(&a), reply_bits(&b));
     assert!(reply_bits(&a).1.keys().any(|k| k.starts_with("moe_layer")), "{a:?}");
-    let (ga, gb) = (grads(&one), grads(&split));
-    let mut worst = 0.0f32;
-    for (path, pa) in &ga.sites {
-        let pb = &gb.sites[path];
-        for (x, y) in pa.a.iter().chain(&pa.b).zip(pb.a.iter().chain(&pb.b)) {
-            let scale = x.abs().max(y.abs()).max(1e-3);
-            worst = worst.max((x - y).abs() / scale);
-        }
-    }
-    eprintln!("moe split vs one pass: max relative gradient difference {worst:e}");
-    assert!(worst < 1e-4, "max relative gradient difference {worst}");
+    // The shared expert factors included: each sequence's sum over experts joins the buffer in
+    // sequence order, whichever pass the sequence ran in.
+    assert_eq!(grad_bits(&grads(&one)), grad_bits(&grads(&split)));
+    assert_eq!(step(&mut one, "r", 1e-2), step(&mut split, "r", 1e-2));
+    assert_eq!(one.train_state("r"), split.train_state("r"));
 }
 
 #[test]

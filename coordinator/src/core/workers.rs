@@ -142,7 +142,9 @@ impl CoordinatorCore {
             | ToWorker::OptimStep { run, .. }
             | ToWorker::SaveState { run, .. }
             | ToWorker::LoadState { run, .. }
-            | ToWorker::ExportPeft { run, .. } => of_run(self, run),
+            | ToWorker::ExportPeft { run, .. }
+            | ToWorker::GetGrads { run }
+            | ToWorker::SetGrads { run, .. } => of_run(self, run),
             ToWorker::ForwardBackwardMany { items } => of_run(self, &items.first()?.run),
             ToWorker::CreateSampler { sampler, adapter, .. } => {
                 let w = match adapter {

@@ -162,14 +162,20 @@ impl<B: kernels::Backend> super::Model<B> {
     /// adapter of rank `rank` on every site: what the forward saves (at up to 2 targets per token;
     /// wider `(N, K)` targets add a few floats per token, nothing beside the vocabulary), plus the
     /// packed batch, the residual stream and its scratch, and what `backward` holds next to them
-    /// (the logits' gradient, the layer scratch, one expert's temporaries). The memory budget uses
-    /// it to refuse or split a step before it runs out of memory.
+    /// (the logits' gradient, the layer scratch, one expert's temporaries, the per-sequence sums
+    /// of a sparse layer's shared expert factors). The memory budget uses it to refuse or split a
+    /// step before it runs out of memory.
     pub fn step_bytes_per_token(&self, rank: usize) -> u64 {
         let d = self.dims;
         let (h, i, v) = (d.hidden, d.intermediate, d.vocab);
+        // One expert's temporaries, and each sequence's sums of a sparse layer's three shared expert
+        // factors (`moe_shared`: `rank·H` each; a sequence has at least one token).
+        let moe_scratch = self
+            .config
+            .moe
+            .as_ref()
+            .map_or(0, |m| 2 * h + 3 * m.moe_intermediate_size + m.num_experts + 2 + 3 * rank * h);
         let trunk = 2 * h + 3; // residual stream and scratch; tokens, positions, a target
-        let moe_scratch =
-            self.config.moe.as_ref().map_or(0, |m| 2 * h + 3 * m.moe_intermediate_size + m.num_experts + 2);
         let backward = v + 3 * h + 3 * i + 3 * d.q_dim + 3 * d.kv_dim + moe_scratch;
         self.forward_bytes_per_token(rank, 2) + ((trunk + backward) * std::mem::size_of::<f32>()) as u64
     }

@@ -14,6 +14,7 @@ mod layer;
 mod lora;
 mod moe;
 mod moe_backward;
+mod moe_shared;
 mod tenants;
 mod weights;
 

@@ -3,13 +3,16 @@
 //! gradient through the routing weights into the block's input via the frozen router (top-k
 //! selection itself has none), as autograd gives for `Qwen3MoeSparseMoeBlock`.
 //!
-//! Batch invariance: input gradients are per-row; expert LoRA weight gradients go through the
-//! backend's segmented reductions with one segment per sequence within the expert's rows.
+//! Batch invariance: input gradients are per-row; expert LoRA weight gradients are reduced one
+//! sequence at a time within the expert's rows (one backend call per sequence segment). An
+//! expert's own factor (gate/up's B slice, down's A slice) takes them straight, in sequence order;
+//! the factor all experts share takes them through per-sequence sums (`moe_shared`, which says why).
 
 use kernels::{Backend, LoraDims, MatmulDims};
 
 use super::backward::{GradTargets, Segments};
 use super::moe::{expert_sites, ExpertActs, MoeActs, MoeWeights};
+use super::moe_shared::{SharedSums, SHARED_B_SLOT};
 use super::tenants::{gather_parts, site_path, SitePart};
 use super::Model;
 
@@ -21,6 +24,15 @@ struct ExpertGrad<'a> {
     seg: &'a Segments<'a>,
 }
 
+/// One sequence's rows within an expert part: `rows` in the expert's gathered rows, `local` the
+/// same rows counted from the part's first (for its `x·Aᵀ` slice), and the sequence's number
+/// within its tenant.
+struct SeqRows {
+    seq: usize,
+    rows: std::ops::Range<usize>,
+    local: std::ops::Range<usize>,
+}
+
 impl ExpertGrad<'_> {
     /// One segment per sequence of `part`'s tenant: its rows within this expert's gathered rows,
     /// rebased to the part's first — exactly what the tenant's batch alone would give.
@@ -28,6 +40,16 @@ impl ExpertGrad<'_> {
         let (tenant, start) = (&self.seg.tenants[part.span], part.rows.start);
         let first_row = self.seg.tenant_rows[part.span];
         tenant.iter().map(|&c| ex.rows.partition_point(|&r| r < first_row + c) - start).collect()
+    }
+
+    /// The non-empty sequences of `part` among this expert's rows, in order.
+    fn seq_rows(&self, part: &SitePart<'_>, ex: &ExpertActs) -> Vec<SeqRows> {
+        let segs = self.segments(part, ex);
+        let start = part.rows.start;
+        (segs.windows(2).enumerate())
+            .filter(|(_, w)| w[0] < w[1])
+            .map(|(seq, w)| SeqRows { seq, rows: start + w[0]..start + w[1], local: w[0]..w[1] })
+            .collect()
     }
 }
 
@@ -52,14 +74,16 @@ impl<B: Backend> Model<B> {
         let mut dw = vec![0.0f32; rows * k]; // (T, k) d(loss)/d(combine weight)
         let sites = expert_sites(layer);
         let parts = sites.map(|site| gt.ad.parts(site));
+        let paths = sites.map(|site| site_path(&self.paths, site));
+        let mut shared = SharedSums::new(&parts, gt, seg);
         for (e, ex) in acts.experts.iter().enumerate() {
             if !ex.rows.is_empty() {
                 let gathered = [0, 1, 2].map(|slot| gather_parts(&parts[slot], &ex.rows));
-                let paths = sites.map(|site| site_path(&self.paths, site));
                 let g = ExpertGrad { parts: &gathered, paths, seg };
-                self.expert_backward(w, e, ex, acts, &g, gt, dout, dx, &mut dw);
+                self.expert_backward(w, e, ex, acts, &g, gt, &mut shared, dout, dx, &mut dw);
             }
         }
+        shared.add_into(gt, paths);
 
         // Through the renormalisation and the f32 softmax to the router logits.
         let mut dlogits = vec![0.0f32; rows * ne]; // (T, E)
@@ -88,7 +112,8 @@ impl<B: Backend> Model<B> {
     }
 
     /// Expert `e`: `dy = w·dout` on its rows, down/SwiGLU/gate/up reversed, `dx +=` scattered back,
-    /// and `dw` (the combine weights' gradient) filled at the token's slots for this expert.
+    /// and `dw` (the combine weights' gradient) filled at the token's slots for this expert. Its
+    /// own LoRA factors' gradients go into `gt`, the shared factors' into `shared`.
     fn expert_backward(
         &self,
         w: &MoeWeights,
@@ -97,6 +122,7 @@ impl<B: Backend> Model<B> {
         acts: &MoeActs,
         g: &ExpertGrad<'_>,
         gt: &mut GradTargets<'_, '_>,
+        shared: &mut SharedSums,
         dout: &[f32],
         dx: &mut [f32],
         dw: &mut [f32],
@@ -116,16 +142,19 @@ impl<B: Backend> Model<B> {
         }
         let mut dact = vec![0.0f32; n * im]; // (n, I_moe)
         be.matmul_nn(&mut dact, &dy, w.expert(&w.down_proj, e), MatmulDims { m: n, k: im, n: h }, false);
-        for part in &g.parts[2] {
+        for part in &g.parts[SHARED_B_SLOT] {
             let Some(grads) = gt.grads[part.span].as_deref_mut() else { continue };
-            let (p, rows, r) = (part.pair, &part.rows, part.pair.rank);
-            let gp = grads.get_mut(g.paths[2]).expect("gradient sites were checked against the adapter's");
+            let (p, r) = (part.pair, part.pair.rank);
+            let gp = grads.get_mut(g.paths[SHARED_B_SLOT]).expect("gradient sites were checked against the adapter's");
             let (a_e, da_e) = (&p.a[e * r * im..(e + 1) * r * im], &mut gp.a[e * r * im..(e + 1) * r * im]);
-            let dims = LoraDims { rows: rows.len(), d_in: im, d_out: h, rank: r };
-            let segs = g.segments(part, ex);
-            let (dacts, dys) = (&mut dact[rows.start * im..rows.end * im], &dy[rows.start * h..rows.end * h]);
-            let (acts_x, hl) = (&ex.act[rows.start * im..rows.end * im], &ex.lora_h[2][part.h.clone()]);
-            be.lora_backward(dacts, da_e, &mut gp.b, dys, acts_x, hl, a_e, &p.b, dims, part.scale, &segs);
+            let part_h = &ex.lora_h[SHARED_B_SLOT][part.h.clone()]; // (part rows, rank)
+            for SeqRows { seq, rows, local } in g.seq_rows(part, ex) {
+                let dims = LoraDims { rows: rows.len(), d_in: im, d_out: h, rank: r };
+                let (dacts, dys) = (&mut dact[rows.start * im..rows.end * im], &dy[rows.start * h..rows.end * h]);
+                let (acts_x, hl) = (&ex.act[rows.start * im..rows.end * im], &part_h[local.start * r..local.end * r]);
+                let db = shared.seq_mut(SHARED_B_SLOT, part.span, seq);
+                be.lora_backward(dacts, da_e, db, dys, acts_x, hl, a_e, &p.b, dims, part.scale, &[0, rows.len()]);
+            }
         }
         let (mut dgate, mut dup) = (vec![0.0f32; n * im], vec![0.0f32; n * im]); // (n, I_moe) each
         be.swiglu_backward(&mut dgate, &mut dup, &dact, &ex.gate, &ex.up);
@@ -136,14 +165,17 @@ impl<B: Backend> Model<B> {
             be.matmul_nn(&mut dxe, dproj, w.expert(weight, e), dims_in, slot > 0);
             for part in &g.parts[slot] {
                 let Some(grads) = gt.grads[part.span].as_deref_mut() else { continue };
-                let (p, rows, r) = (part.pair, &part.rows, part.pair.rank);
+                let (p, r) = (part.pair, part.pair.rank);
                 let gp = grads.get_mut(g.paths[slot]).expect("gradient sites were checked against the adapter's");
                 let (b_e, db_e) = (&p.b[e * im * r..(e + 1) * im * r], &mut gp.b[e * im * r..(e + 1) * im * r]);
-                let dims = LoraDims { rows: rows.len(), d_in: h, d_out: im, rank: r };
-                let segs = g.segments(part, ex);
-                let (dxs, dps) = (&mut dxe[rows.start * h..rows.end * h], &dproj[rows.start * im..rows.end * im]);
-                let (xs, hl) = (&ex.x[rows.start * h..rows.end * h], &ex.lora_h[slot][part.h.clone()]);
-                be.lora_backward(dxs, &mut gp.a, db_e, dps, xs, hl, &p.a, b_e, dims, part.scale, &segs);
+                let part_h = &ex.lora_h[slot][part.h.clone()]; // (part rows, rank)
+                for SeqRows { seq, rows, local } in g.seq_rows(part, ex) {
+                    let dims = LoraDims { rows: rows.len(), d_in: h, d_out: im, rank: r };
+                    let (dxs, dps) = (&mut dxe[rows.start * h..rows.end * h], &dproj[rows.start * im..rows.end * im]);
+                    let (xs, hl) = (&ex.x[rows.start * h..rows.end * h], &part_h[local.start * r..local.end * r]);
+                    let da = shared.seq_mut(slot, part.span, seq);
+                    be.lora_backward(dxs, da, db_e, dps, xs, hl, &p.a, b_e, dims, part.scale, &[0, rows.len()]);
+                }
             }
         }
         for (i, &t) in ex.rows.iter().enumerate() {

@@ -56,6 +56,14 @@ pub enum ServiceError {
     Decode { model: String, why: String },
     #[error("training run `{run}` appears twice in one batched step; this is a lathe bug, please report it")]
     RunTwiceInStep { run: String },
+    /// A data-parallel hand-off carried a buffer of another run's shape: the coordinator built
+    /// the chain wrong (its replicas come from one `CreateRun`), so it is lathe's fault.
+    #[error(
+        "set_grads for training run `{run}`: the buffer holds {got} values but the run's gradients hold {want}; \
+         the replicas of a data-parallel run must be created with the same base model and LoRA config \
+         (nothing was changed)"
+    )]
+    GradBufferLength { run: String, got: usize, want: usize },
     /// A run or sampler would exceed the worker's memory budget; nothing was allocated.
     #[error("{0}")]
     MemoryBudget(BudgetRefusal),
@@ -70,7 +78,8 @@ impl ServiceError {
             | ServiceError::Io { .. }
             | ServiceError::Encode { .. }
             | ServiceError::Decode { .. }
-            | ServiceError::RunTwiceInStep { .. } => Server,
+            | ServiceError::RunTwiceInStep { .. }
+            | ServiceError::GradBufferLength { .. } => Server,
             ServiceError::Train(TrainError::Model(e)) | ServiceError::Model(e) => model_error_category(e),
             _ => User,
         }

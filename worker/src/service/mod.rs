@@ -3,6 +3,9 @@
 //! model plus an optional frozen adapter), and answers every `Envelope` with exactly one
 //! `FromWorker`. Errors never escape as panics: they become `Failed { category, message }`.
 //!
+//! Data-parallel hand-offs: `GetGrads` / `SetGrads` read and replace a run's accumulated
+//! gradients as one flat buffer (see `grads`).
+//!
 //! Memory: with a budget (`with_memory_budget`), a run or sampler that would not fit is refused
 //! before anything is allocated (see `memory`); `ToWorker::Memory` reports what is held.
 //!
@@ -14,6 +17,7 @@ mod checkpoint;
 mod convert;
 mod error;
 mod fsio;
+mod grads;
 mod memory;
 mod peft;
 mod prompt;
@@ -138,6 +142,8 @@ impl WorkerService {
             ToWorker::Sample(req) => self.sample(&req),
             ToWorker::Memory => Ok(FromWorker::Memory(self.memory_report())),
             ToWorker::ForwardBackwardMany { items } => Ok(self.forward_backward_many(items)),
+            ToWorker::GetGrads { run } => self.get_grads(&run),
+            ToWorker::SetGrads { run, grads } => self.set_grads(&run, &grads),
         }
     }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::control::{
-    AdamConfig, Datum, DatumOutput, Envelope, ErrorCategory, FbRequest, ForwardBackwardResult, FromWorker,
+    AdamConfig, Datum, DatumOutput, Envelope, ErrorCategory, FbRequest, ForwardBackwardResult, FromWorker, GradBuffer,
     MemoryReport, Provenance, ProvenanceSpan, RunMemory, SampleRequest, SampleResult, SampledSequence, SamplerAdapter,
     SamplerMemory, SamplingConfig, SpanSource, StopConditions, StopReason, Tensor, TensorValues, ToWorker,
 };
@@ -84,6 +84,8 @@ fn every_to_worker() -> Vec<ToWorker> {
         }),
         ToWorker::Memory,
         ToWorker::ForwardBackwardMany { items: vec![fb.clone(), FbRequest { run: "run-3".into(), ..fb }] },
+        ToWorker::GetGrads { run: "run-1".into() },
+        ToWorker::SetGrads { run: "run-1".into(), grads: grad_buffer() },
     ]
 }
 
@@ -102,9 +104,16 @@ fn to_worker_name(m: &ToWorker) -> &'static str {
         ToWorker::Sample(_) => "Sample",
         ToWorker::Memory => "Memory",
         ToWorker::ForwardBackwardMany { .. } => "ForwardBackwardMany",
+        ToWorker::GetGrads { .. } => "GetGrads",
+        ToWorker::SetGrads { .. } => "SetGrads",
     }
 }
-const TO_WORKER_VARIANTS: usize = 12;
+const TO_WORKER_VARIANTS: usize = 14;
+
+/// Gradient values whose bits matter: a negative zero, a subnormal, extremes.
+fn grad_buffer() -> GradBuffer {
+    GradBuffer { values: vec![0.0, -0.0, 1.5e-42, -3.25, f32::MAX, f32::MIN_POSITIVE] }
+}
 
 /// One of every `FromWorker` variant (no NaN: the comparison is `PartialEq`).
 fn every_from_worker() -> Vec<FromWorker> {
@@ -162,9 +171,10 @@ fn every_from_worker() -> Vec<FromWorker> {
         failed(ErrorCategory::Server),
         FromWorker::Memory(memory),
         FromWorker::Each(vec![FromWorker::ForwardBackward(fb), failed(ErrorCategory::User), FromWorker::Done]),
+        FromWorker::Grads(grad_buffer()),
     ]
 }
-const FROM_WORKER_VARIANTS: usize = 8;
+const FROM_WORKER_VARIANTS: usize = 9;
 
 /// Through a frame and its bytes and back.
 fn through_a_frame<T: serde::Serialize + serde::de::DeserializeOwned>(generation: u64, call: u64, msg: &T) -> T {
