@@ -198,6 +198,82 @@ pub struct GradBuffer {
     pub values: Vec<f32>,
 }
 
+impl GradBuffer {
+    /// The values as little-endian bytes, 4 per value (a frame's raw body).
+    pub fn to_le_bytes(&self) -> Vec<u8> {
+        self.values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    /// The inverse of [`GradBuffer::to_le_bytes`]; None when the length is not a multiple of 4.
+    pub fn from_le_bytes(bytes: &[u8]) -> Option<GradBuffer> {
+        if !bytes.len().is_multiple_of(4) {
+            return None;
+        }
+        let values = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        Some(GradBuffer { values })
+    }
+}
+
+/// Gradient buffers can be larger than a frame header may be (a SmolLM2 rank-32 adapter's are
+/// ~137 MB), so over TCP they travel as the frame's raw body: `take_body` moves a message's buffer
+/// out (leaving it empty in the header), `put_body` moves it back in after decoding. Messages
+/// without a buffer have an empty body.
+fn grads_of_to_worker(body: &mut ToWorker) -> Option<&mut GradBuffer> {
+    match body {
+        ToWorker::SetGrads { grads, .. } => Some(grads),
+        _ => None,
+    }
+}
+
+impl Envelope {
+    pub fn take_body(&mut self) -> Vec<u8> {
+        grads_of_to_worker(&mut self.body)
+            .map(|g| std::mem::take(&mut g.values))
+            .map_or_else(Vec::new, |values| GradBuffer { values }.to_le_bytes())
+    }
+
+    /// # Errors
+    /// A non-empty body on a message that carries none, or one that is not whole f32s.
+    pub fn put_body(&mut self, body: &[u8]) -> Result<(), String> {
+        put_grads(grads_of_to_worker(&mut self.body), body)
+    }
+}
+
+impl FromWorker {
+    pub fn take_body(&mut self) -> Vec<u8> {
+        match self {
+            FromWorker::Grads(g) => GradBuffer { values: std::mem::take(&mut g.values) }.to_le_bytes(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// # Errors
+    /// As [`Envelope::put_body`].
+    pub fn put_body(&mut self, body: &[u8]) -> Result<(), String> {
+        let slot = match self {
+            FromWorker::Grads(g) => Some(g),
+            _ => None,
+        };
+        put_grads(slot, body)
+    }
+}
+
+fn put_grads(slot: Option<&mut GradBuffer>, body: &[u8]) -> Result<(), String> {
+    match slot {
+        _ if body.is_empty() => Ok(()),
+        None => Err(format!("a {}-byte body on a message that carries none", body.len())),
+        Some(g) => {
+            let from_body = GradBuffer::from_le_bytes(body)
+                .ok_or_else(|| format!("a gradient body of {} bytes is not whole f32 values", body.len()))?;
+            if !g.values.is_empty() {
+                return Err("a gradient buffer both in the header and in the body".into());
+            }
+            *g = from_body;
+            Ok(())
+        }
+    }
+}
+
 /// One run's request inside `ToWorker::ForwardBackwardMany`: the fields of `ToWorker::ForwardBackward`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FbRequest {
@@ -396,4 +472,42 @@ pub struct BaseModelInfo {
 /// Implementations never block the caller's async executor.
 pub trait WorkerLink: Send + Sync + 'static {
     fn call(&self, msg: Envelope) -> std::pin::Pin<Box<dyn std::future::Future<Output = FromWorker> + Send>>;
+}
+
+#[cfg(test)]
+mod body_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn gradient_buffers_move_to_the_body_and_back_bit_for_bit() {
+        let values = vec![0.0, -0.0, 1.5e-42, -3.25, f32::MAX, f32::from_bits(0x7fc0_1234)];
+        let mut env = Envelope {
+            generation: 3,
+            body: ToWorker::SetGrads { run: "r".into(), grads: GradBuffer { values: values.clone() } },
+        };
+        let body = env.take_body();
+        assert_eq!(body.len(), values.len() * 4);
+        assert!(matches!(&env.body, ToWorker::SetGrads { grads, .. } if grads.values.is_empty()));
+        env.put_body(&body).unwrap();
+        let ToWorker::SetGrads { grads, .. } = &env.body else { panic!() };
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&grads.values), bits(&values));
+
+        let mut reply = FromWorker::Grads(GradBuffer { values: values.clone() });
+        let body = reply.take_body();
+        reply.put_body(&body).unwrap();
+        let FromWorker::Grads(g) = &reply else { panic!() };
+        assert_eq!(bits(&g.values), bits(&values));
+    }
+
+    #[test]
+    fn a_body_where_none_belongs_or_of_broken_length_is_refused() {
+        let mut done = FromWorker::Done;
+        assert!(done.take_body().is_empty());
+        assert!(done.put_body(&[]).is_ok());
+        assert!(done.put_body(&[1, 2, 3, 4]).unwrap_err().contains("carries none"));
+        let mut g = FromWorker::Grads(GradBuffer { values: vec![] });
+        assert!(g.put_body(&[1, 2, 3]).unwrap_err().contains("whole f32"));
+    }
 }

@@ -205,7 +205,11 @@ async fn serve_frames(
             Err(e) => break Err(e).context("reading from the coordinator"),
         };
         let (call, generation) = (frame.call, frame.generation);
-        let reply = match frame.decode::<Envelope>() {
+        let decoded = frame.decode::<Envelope>().map_err(|e| e.to_string()).and_then(|mut envelope| {
+            envelope.put_body(&frame.body)?;
+            Ok(envelope)
+        });
+        let reply = match decoded {
             Ok(envelope) => {
                 // Queued on the worker thread now, so execution follows arrival order.
                 link.call(envelope)
@@ -222,8 +226,9 @@ async fn serve_frames(
         };
         let outbox = outbox.clone();
         tokio::spawn(async move {
-            let reply = reply.await;
-            match Frame::encode(generation, call, &reply, Vec::new()) {
+            let mut reply = reply.await;
+            let body = reply.take_body();
+            match Frame::encode(generation, call, &reply, body) {
                 Ok(f) => {
                     let _ = outbox.send(f);
                 }

@@ -124,7 +124,10 @@ impl TcpWorkerLink {
                 continue;
             }
             let reply = match frame.decode::<FromWorker>() {
-                Ok(r) => r,
+                Ok(mut r) => match r.put_body(&frame.body) {
+                    Ok(()) => r,
+                    Err(e) => break format!("the worker sent a frame whose body does not fit it: {e}"),
+                },
                 Err(e) => break format!("the worker sent a frame that does not decode: {e}"),
             };
             let waiter = inner.pending().remove(&frame.call);
@@ -150,7 +153,9 @@ impl WorkerLink for LinkHandle {
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
             let call = inner.next_call.fetch_add(1, Ordering::SeqCst);
-            let frame = match Frame::encode(msg.generation, call, &msg, Vec::new()) {
+            let mut msg = msg;
+            let body = msg.take_body();
+            let frame = match Frame::encode(msg.generation, call, &msg, body) {
                 Ok(f) => f,
                 Err(e) => {
                     return FromWorker::Failed {

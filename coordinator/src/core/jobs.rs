@@ -510,7 +510,14 @@ impl CoordinatorCore {
     }
 
     /// A non-step job's reply.
-    pub(super) fn job_replied(&mut self, now_ms: u64, run: RunId, mut job: Job, reply: FromWorker, out: &mut Vec<Command>) {
+    pub(super) fn job_replied(
+        &mut self,
+        now_ms: u64,
+        run: RunId,
+        mut job: Job,
+        reply: FromWorker,
+        out: &mut Vec<Command>,
+    ) {
         let outcome = match (&job.action, reply) {
             (Action::Create { .. }, FromWorker::Done) => {
                 Outcome::Json(json!({"model_id": run.as_str(), "type": "create_model"}))

@@ -273,7 +273,10 @@ impl CoordinatorCore {
                     other => {
                         let failed = FromWorker::Failed {
                             category: ErrorCategory::Server,
-                            message: format!("a replica answered {} in a data-parallel chain; a lathe bug", other.kind()),
+                            message: format!(
+                                "a replica answered {} in a data-parallel chain; a lathe bug",
+                                other.kind()
+                            ),
                         };
                         return self.chain_failed_at(now_ms, run, failed, out);
                     }
@@ -359,8 +362,10 @@ mod tests {
 
     #[test]
     fn metrics_merge_by_their_reduction() {
-        let a = BTreeMap::from([("loss:sum".to_string(), 1.5), ("x:max".to_string(), 2.0), ("y:mean".to_string(), 7.0)]);
-        let b = BTreeMap::from([("loss:sum".to_string(), 2.0), ("x:max".to_string(), 3.0), ("y:mean".to_string(), 9.0)]);
+        let a =
+            BTreeMap::from([("loss:sum".to_string(), 1.5), ("x:max".to_string(), 2.0), ("y:mean".to_string(), 7.0)]);
+        let b =
+            BTreeMap::from([("loss:sum".to_string(), 2.0), ("x:max".to_string(), 3.0), ("y:mean".to_string(), 9.0)]);
         let m = merge_metrics(&[a, b]);
         assert_eq!(m["loss:sum"], 3.5);
         assert_eq!(m["x:max"], 3.0);

@@ -941,7 +941,6 @@ fn a_reply_stamped_with_another_generation_is_refused_and_the_call_stays_outstan
     assert!(!out.is_empty(), "the same reply with the worker's generation completes the call");
 }
 
-
 /// What a call was, for chain tests: its kind and the worker it went to.
 fn call_kind(body: &ToWorker) -> String {
     match body {
@@ -1038,5 +1037,7 @@ fn a_failed_chain_part_puts_the_previous_gradient_total_back_on_every_replica() 
         "the total from before goes back to both replicas"
     );
     let poll = s.retrieve(5, "alice", &request_id);
-    assert!(matches!(&s.replies[&poll], Ok(Answer::Outcome(Outcome::Failed { message, .. })) if message == "bad datum"));
+    assert!(
+        matches!(&s.replies[&poll], Ok(Answer::Outcome(Outcome::Failed { message, .. })) if message == "bad datum")
+    );
 }

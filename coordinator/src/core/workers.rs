@@ -120,9 +120,7 @@ impl CoordinatorCore {
         if self.workers.len() < want {
             return None;
         }
-        let load = |w: WorkerId| {
-            self.runs.values().filter(|r| r.worker == Some(w) || r.replicas.contains(&w)).count()
-        };
+        let load = |w: WorkerId| self.runs.values().filter(|r| r.worker == Some(w) || r.replicas.contains(&w)).count();
         let mut members: Vec<WorkerId> = self.workers.keys().copied().collect();
         members.sort_by_key(|w| (load(*w), *w));
         members.truncate(want);
