@@ -13,9 +13,11 @@ Skipped (with the reason) when etcd is not installed, unless LATHE_REQUIRE_ETCD=
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "coordinator" / "tests" / "sdk"))
 from cluster import etcd_binary, live_workers, metric, start_cluster, wait_live  # noqa: E402
 
-from chaos_helpers import _ORIGINAL_ENV, lathe_binary  # noqa: E402
+from chaos_helpers import _ORIGINAL_ENV, free_port, lathe_binary  # noqa: E402
 
 LEASE_TTL_S = 3.0
 
@@ -43,9 +45,22 @@ def cluster(tmp_path):
 
 
 def test_a_late_worker_is_adopted_and_a_killed_one_is_counted_out_within_two_ttls(cluster):
-    cluster.start_worker("late")
+    port = free_port()
+    cluster.start_worker("late", ["--metrics-listen", f"127.0.0.1:{port}"])
     took = wait_live(cluster.url, 2, 60)
     print(f"late worker adopted {took:.2f} s after start")
+    # The worker's own metrics: serving, under the generation it was welcomed with.
+    deadline = time.monotonic() + 30
+    text = ""
+    while time.monotonic() < deadline and "lathe_worker_serving 1" not in text:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                text = r.read().decode()
+        except OSError:
+            time.sleep(0.1)
+    assert "lathe_worker_serving 1" in text, text
+    generation = re.search(r"^lathe_worker_generation (\d+)", text, re.M)
+    assert generation and int(generation.group(1)) > 0, text
     before = metric(cluster.url, "lathe_worker_lease_expirations_total")
     victim = cluster.workers["late"]
     victim.send_signal(signal.SIGKILL)

@@ -9,3 +9,4 @@ pub mod load_monitor;
 pub mod models;
 pub mod serve;
 pub mod worker;
+pub mod worker_metrics;

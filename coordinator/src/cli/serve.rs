@@ -168,6 +168,7 @@ async fn in_process_workers(n: usize, specs: &[String], memory_bytes_max: Option
             device: "cpu".into(),
             memory_bytes_max,
             cores: rayon::current_num_threads() as u32,
+            metrics: None,
         };
         let leases = Arc::clone(&leases);
         tokio::spawn(async move {

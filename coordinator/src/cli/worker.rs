@@ -47,6 +47,10 @@ pub struct WorkerArgs {
     /// The name it registers under (default: worker-<host>-<pid>); unique per cluster.
     #[arg(long)]
     pub name: Option<String>,
+    /// Serve this worker's own Prometheus metrics at http://ADDR/metrics (frames executed,
+    /// generation, serving, resident memory).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Where a worker finds its coordinator.
@@ -63,6 +67,8 @@ pub struct WorkerOptions {
     pub device: String,
     pub memory_bytes_max: Option<u64>,
     pub cores: u32,
+    /// Where to count what it does (None: not exposed).
+    pub metrics: Option<Arc<super::worker_metrics::WorkerMetrics>>,
 }
 
 pub fn run(args: &WorkerArgs) -> Result<()> {
@@ -78,10 +84,14 @@ pub fn run(args: &WorkerArgs) -> Result<()> {
         device: args.device.clone(),
         memory_bytes_max: args.memory_bytes_max,
         cores: rayon::current_num_threads() as u32,
+        metrics: args.metrics_listen.map(|_| Arc::new(super::worker_metrics::WorkerMetrics::new())),
     };
     let urls: Vec<String> = args.etcd.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     rt.block_on(async {
+        if let (Some(addr), Some(metrics)) = (args.metrics_listen, &options.metrics) {
+            super::worker_metrics::serve(addr, Arc::clone(metrics)).await?;
+        }
         let leases = runtime::lease::EtcdLeaseStore::connect(&urls)
             .await
             .with_context(|| format!("connecting to etcd at {}", args.etcd))?;
@@ -160,10 +170,17 @@ pub async fn run_worker(options: WorkerOptions, leases: Arc<dyn LeaseStore>, dia
         .context("the model loading task failed")??;
     let (served, budget) = served;
     let mut service = WorkerService::new(generation, served).with_memory_budget(budget.bytes);
+    if let Some(m) = &options.metrics {
+        m.generation.set(generation as i64);
+        m.serving.set(1);
+    }
     let thread = format!("lathe-worker-{}", options.name);
     let link = InProcessLink::spawn(&thread, move |msg| service.handle(msg)).context("starting the worker thread")?;
     tracing::info!(worker, name = %options.name, "serving");
-    let outcome = serve_frames(stream, Arc::new(link), &limits, &*lease).await;
+    let outcome = serve_frames(stream, Arc::new(link), &limits, &*lease, options.metrics.clone()).await;
+    if let Some(m) = &options.metrics {
+        m.serving.set(0);
+    }
     let _ = lease.revoke().await;
     outcome
 }
@@ -174,6 +191,7 @@ async fn serve_frames(
     link: Arc<dyn WorkerLink>,
     limits: &Limits,
     lease: &dyn runtime::lease::LeaseHandle,
+    metrics: Option<Arc<super::worker_metrics::WorkerMetrics>>,
 ) -> Result<()> {
     let (mut reader, mut writer) = stream.into_split();
     let (outbox, mut replies) = tokio::sync::mpsc::unbounded_channel::<Frame>();
@@ -205,6 +223,9 @@ async fn serve_frames(
             Err(e) => break Err(e).context("reading from the coordinator"),
         };
         let (call, generation) = (frame.call, frame.generation);
+        if let Some(m) = &metrics {
+            m.frames.inc();
+        }
         let decoded = frame.decode::<Envelope>().map_err(|e| e.to_string()).and_then(|mut envelope| {
             envelope.put_body(&frame.body)?;
             Ok(envelope)
