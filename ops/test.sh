@@ -6,6 +6,10 @@
 # LATHE_SDK_TESTS=0 skips the SDK suite; extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if ! command -v protoc >/dev/null 2>&1 && [[ -z "${PROTOC:-}" ]]; then
+    echo "test.sh: protoc is needed to build etcd-client (apt-get install protobuf-compiler, or set PROTOC)" >&2
+    exit 1
+fi
 ./ops/fetch-models.sh
 export LATHE_SMOLLM2_GGUF="${LATHE_SMOLLM2_GGUF:-${LATHE_CACHE:-$HOME/.cache/lathe}/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
 cargo test --workspace "$@"
@@ -33,6 +37,14 @@ LATHE_SDK_TINY_MODEL=tiny/qwen3-moe LATHE_BIN="$PWD/target/release/lathe" "$VENV
 # The suite against a cluster on this machine: a real etcd, `lathe coordinator` and two `lathe worker`
 # processes (runs placed whole on one worker each); and against `lathe serve --workers 2`, which runs
 # two workers in-process through the same control plane. LATHE_CLUSTER_TESTS=0 skips both.
+if [[ "${LATHE_CLUSTER_TESTS:-1}" != "0" ]] && ! command -v etcd >/dev/null 2>&1; then
+    if [[ "${LATHE_REQUIRE_ETCD:-0}" == "1" ]]; then
+        echo "test.sh: LATHE_REQUIRE_ETCD=1 but etcd is not installed (apt-get install etcd-server)" >&2
+        exit 1
+    fi
+    echo "test.sh: etcd is not installed (apt-get install etcd-server); skipping the cluster runs of the SDK suite" >&2
+    LATHE_CLUSTER_TESTS=0
+fi
 if [[ "${LATHE_CLUSTER_TESTS:-1}" != "0" ]]; then
     LATHE_SDK_WORKERS=cluster:2 LATHE_BIN="$PWD/target/release/lathe" "$VENV/bin/python" -m pytest \
         coordinator/tests/sdk -v -p no:cacheprovider
