@@ -70,7 +70,7 @@ impl Actor for CoordinatorActor {
     type State = Shell;
     type Arguments = ShellArgs;
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: ShellArgs) -> Result<Shell, ActorProcessingErr> {
+    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, args: ShellArgs) -> Result<Shell, ActorProcessingErr> {
         let shell = Shell {
             core: args.core,
             links: HashMap::new(),
@@ -81,7 +81,6 @@ impl Actor for CoordinatorActor {
             waiting: HashMap::new(),
             next_reply: 1,
         };
-        let _ = &myself;
         Ok(shell)
     }
 

@@ -30,8 +30,6 @@ struct Inner {
     limits: Limits,
     pending: Mutex<HashMap<u64, oneshot::Sender<FromWorker>>>,
     next_call: AtomicU64,
-    /// The generation frames must carry (set when the worker is welcomed; 0 before).
-    generation: AtomicU64,
     outbox: mpsc::UnboundedSender<Frame>,
     outbox_rx: Mutex<Option<mpsc::UnboundedReceiver<Frame>>>,
     shutdown: Notify,
@@ -81,7 +79,6 @@ impl TcpWorkerLink {
             limits,
             pending: Mutex::new(HashMap::new()),
             next_call: AtomicU64::new(1),
-            generation: AtomicU64::new(0),
             outbox,
             outbox_rx: Mutex::new(Some(outbox_rx)),
             shutdown: Notify::new(),
@@ -97,7 +94,6 @@ impl TcpWorkerLink {
     /// Runs the connection until it fails or the shell drops its handle; then fails what waits.
     pub(crate) async fn run(self, mut reader: OwnedReadHalf, mut writer: OwnedWriteHalf, generation: u64) {
         let inner = self.inner;
-        inner.generation.store(generation, Ordering::SeqCst);
         let Some(mut outbox) = inner.outbox_rx.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
         let writer_task = tokio::spawn(async move {
             while let Some(frame) = outbox.recv().await {

@@ -286,7 +286,7 @@ impl CoordinatorCore {
         self.catalog.touch_run(run.as_str(), now_ms);
         match &job.action {
             Action::ForwardBackward { .. } if self.runs.get(run).is_some_and(|l| !l.replicas.is_empty()) => {
-                self.start_chain(run.clone(), job, out);
+                self.start_chain(now_ms, run.clone(), job, out);
             }
             Action::ForwardBackward { .. } => {
                 self.step_queue.push_back((run.clone(), job));

@@ -70,6 +70,24 @@ pub struct Chain {
     failed: Option<FromWorker>,
 }
 
+impl Chain {
+    fn new(kind: Kind, job: Job, steps: VecDeque<Step>, waiting: usize, group: Vec<WorkerId>) -> Chain {
+        Chain {
+            kind,
+            job,
+            steps,
+            waiting,
+            answers: vec![],
+            grads: None,
+            before: None,
+            outputs: vec![],
+            metrics: vec![],
+            group,
+            failed: None,
+        }
+    }
+}
+
 /// `n` datums in `parts` contiguous pieces of nearly equal size (empty pieces dropped).
 fn split_points(n: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
     (0..parts).map(|p| runtime::plan::balanced_range(n, parts, p)).filter(|r| !r.is_empty()).collect()
@@ -122,26 +140,14 @@ impl CoordinatorCore {
             }
         }
         assert_eq!(sent, group.len(), "every replica of a placed run is a member");
-        let chain = Chain {
-            kind: Kind::Fanout,
-            job,
-            steps: VecDeque::new(),
-            waiting: sent,
-            answers: vec![],
-            grads: None,
-            before: None,
-            outputs: vec![],
-            metrics: vec![],
-            group,
-            failed: None,
-        };
+        let chain = Chain::new(Kind::Fanout, job, VecDeque::new(), sent, group);
         if let Some(live) = self.runs.get_mut(&run) {
             live.chain = Some(chain);
         }
     }
 
     /// Starts a data-parallel forward_backward chain.
-    pub(super) fn start_chain(&mut self, run: RunId, job: Job, out: &mut Vec<Command>) {
+    pub(super) fn start_chain(&mut self, now_ms: u64, run: RunId, job: Job, out: &mut Vec<Command>) {
         let group = self.group_of(&run);
         let Action::ForwardBackward { data, loss_fn, loss_config, forward_only } = &job.action else {
             unreachable!("only forward_backward jobs are chained")
@@ -174,29 +180,22 @@ impl CoordinatorCore {
                 steps.push_back(Step::Set(*w));
             }
         }
-        let chain = Chain {
-            kind: Kind::Chain,
-            job,
-            steps,
-            waiting: 0,
-            answers: vec![],
-            grads: None,
-            before: None,
-            outputs: vec![],
-            metrics: vec![],
-            group,
-            failed: None,
-        };
+        let chain = Chain::new(Kind::Chain, job, steps, 0, group);
         if let Some(live) = self.runs.get_mut(&run) {
             live.chain = Some(chain);
         }
-        self.next_chain_step(run, out);
+        self.next_chain_step(now_ms, run, out);
     }
 
-    fn next_chain_step(&mut self, run: RunId, out: &mut Vec<Command>) {
+    fn next_chain_step(&mut self, now_ms: u64, run: RunId, out: &mut Vec<Command>) {
         let Some(chain) = self.runs.get_mut(&run).and_then(|l| l.chain.as_mut()) else { return };
         let Some(step) = chain.steps.pop_front() else {
-            self.finish_chain(run, out);
+            // All steps done: the concatenated outputs and merged metrics answer the request.
+            let reply = FromWorker::ForwardBackward(ForwardBackwardResult {
+                outputs: std::mem::take(&mut chain.outputs),
+                metrics: merge_metrics(&chain.metrics),
+            });
+            self.end_chain(now_ms, run, reply, out);
             return;
         };
         let r = run.as_str().to_string();
@@ -215,7 +214,8 @@ impl CoordinatorCore {
                 category: ErrorCategory::Server,
                 message: format!("a replica of data-parallel run {run} is not a member any more"),
             };
-            self.chain_failed(run, failed, out);
+            // No clean-up is possible without the replica; its loss marks the run lost.
+            self.end_chain(now_ms, run, failed, out);
         }
     }
 
@@ -281,7 +281,7 @@ impl CoordinatorCore {
                         return self.chain_failed_at(now_ms, run, failed, out);
                     }
                 }
-                self.next_chain_step(run, out);
+                self.next_chain_step(now_ms, run, out);
             }
         }
     }
@@ -308,22 +308,6 @@ impl CoordinatorCore {
         if sent == 0 {
             self.end_chain(now_ms, run, failure, out);
         }
-    }
-
-    fn chain_failed(&mut self, run: RunId, failure: FromWorker, out: &mut Vec<Command>) {
-        // Called where no time is at hand (a send that could not go out); the job finishes at
-        // once with the failure and no clean-up is possible without the replica.
-        self.end_chain(0, run, failure, out);
-    }
-
-    /// All steps done: the concatenated outputs and merged metrics answer the request.
-    fn finish_chain(&mut self, run: RunId, out: &mut Vec<Command>) {
-        let Some(chain) = self.runs.get_mut(&run).and_then(|l| l.chain.as_mut()) else { return };
-        let reply = FromWorker::ForwardBackward(ForwardBackwardResult {
-            outputs: std::mem::take(&mut chain.outputs),
-            metrics: merge_metrics(&chain.metrics),
-        });
-        self.end_chain(0, run, reply, out);
     }
 
     fn end_chain(&mut self, now_ms: u64, run: RunId, reply: FromWorker, out: &mut Vec<Command>) {

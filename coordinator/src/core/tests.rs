@@ -1041,3 +1041,22 @@ fn a_failed_chain_part_puts_the_previous_gradient_total_back_on_every_replica() 
         matches!(&s.replies[&poll], Ok(Answer::Outcome(Outcome::Failed { message, .. })) if message == "bad datum")
     );
 }
+
+#[test]
+fn a_data_parallel_result_nobody_polled_yet_survives_the_next_tick() {
+    // Late enough that a result stamped at time 0 would look more than a day old.
+    const T: u64 = 2 * 24 * 3600 * 1000;
+    let mut s = dp_script();
+    let sess = s.session(T, "alice");
+    let (model, _) = s.create(T, "alice", &sess, 0);
+    s.worker(T, echo);
+    s.worker(T, echo);
+    let reply = s.api(T, "alice", fb(&model, 1, &[1, 2]));
+    let request = s.json(reply)["request_id"].as_str().unwrap().to_string();
+    while !s.sent.is_empty() {
+        s.worker(T, echo);
+    }
+    s.event(T + 5_000, Event::Timer(Timer::Tick));
+    let poll = s.retrieve(T + 5_001, "alice", &request);
+    assert!(matches!(s.replies[&poll], Ok(Answer::Outcome(Outcome::ForwardBackward(_)))), "{:?}", s.replies[&poll]);
+}

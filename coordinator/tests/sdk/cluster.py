@@ -76,25 +76,25 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
-def live_workers(url: str) -> int | None:
-    """`lathe_workers{state="live"}` from the coordinator's /metrics (None when it cannot be read)."""
+def _metrics_text(url: str) -> str | None:
     try:
         with urllib.request.urlopen(f"{url}/metrics", timeout=2) as r:
-            text = r.read().decode()
+            return r.read().decode()
     except OSError:
         return None
-    m = re.search(r'^lathe_workers\{state="live"\} (\d+)', text, re.M)
-    return int(m.group(1)) if m else None
 
 
 def metric(url: str, name: str) -> float | None:
-    try:
-        with urllib.request.urlopen(f"{url}/metrics", timeout=2) as r:
-            text = r.read().decode()
-    except OSError:
-        return None
-    m = re.search(rf"^{re.escape(name)} (\S+)", text, re.M)
+    """One sample of the coordinator's /metrics by its full name (labels included); None when unreadable."""
+    text = _metrics_text(url)
+    m = re.search(rf"^{re.escape(name)} (\S+)", text or "", re.M)
     return float(m.group(1)) if m else None
+
+
+def live_workers(url: str) -> int | None:
+    """`lathe_workers{state="live"}` from the coordinator's /metrics (None when it cannot be read)."""
+    value = metric(url, 'lathe_workers{state="live"}')
+    return None if value is None else int(value)
 
 
 def wait_live(url: str, n: int, timeout_s: float = 120.0) -> float:
